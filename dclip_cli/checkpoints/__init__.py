@@ -1,0 +1,1 @@
+"""Checkpoint registry, cache and downloads."""

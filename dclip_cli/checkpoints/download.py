@@ -1,0 +1,593 @@
+"""Verified, resumable downloads into the checkpoint cache.
+
+:func:`fetch` returns the cached path of a registry checkpoint, downloading it first when needed:
+
+1. a cached file is returned at once (verified and recorded first if it was placed there by hand);
+2. ``DCLIP_OFFLINE=1`` (or ``offline=True``) stops here with :class:`CheckpointNotCachedError`;
+3. a lock per file (filelock) makes concurrent processes wait for one download instead of racing;
+4. sources are tried in order: ``DCLIP_MIRROR`` (``URL/<file name>`` or a local folder), then the spec's mirrors;
+5. each source streams into ``<file>.<uuid8>.incomplete`` in the cache folder (a process-unique name: on shared
+   network filesystems a lock can silently succeed twice); a dropped connection resumes with an HTTP ``Range``
+   request, and a server that answers ``200`` to it is restarted from zero; connection errors and 5xx are retried
+   with exponential back-off; 401/403/404/410 move on to the next source at once;
+6. the size and SHA-256 (MD5 where that is all that is published) are checked; a mismatch deletes the file;
+7. the verified file is renamed into place with ``os.replace`` and its SHA-256 recorded beside it; the temporary
+   file is removed in ``finally`` whatever happens.
+
+Progress goes through ``on_progress(done_bytes, total_bytes_or_None)``; this module never prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import html.parser
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
+
+import filelock
+import requests
+import urllib3
+
+from dclip_cli.checkpoints import cache
+from dclip_cli.checkpoints.registry import CheckpointSpec
+from dclip_cli.errors import (
+    CheckpointError,
+    CheckpointNotCachedError,
+    ChecksumMismatchError,
+    DownloadError,
+)
+
+ProgressCallback = Callable[[int, "int | None"], None]
+
+_TRUE = {"1", "true", "yes", "on"}
+_GIVE_UP_STATUS = {401, 403, 404, 410}
+
+
+@dataclass
+class DownloadSettings:
+    """Network behaviour of :func:`fetch` (tests shrink the back-off through :data:`SETTINGS`).
+
+    Args:
+        connect_timeout: seconds to wait for a connection.
+        read_timeout: seconds to wait for the next bytes of a response.
+        retries: extra attempts per source after a connection error, a short read or an HTTP 429/5xx.
+        backoff: pause in seconds before the first retry, doubled each time, capped at ``backoff_max``.
+        backoff_max: longest pause between retries.
+        chunk_size: bytes read per chunk (also the progress granularity).
+        lock_timeout: seconds to wait for another process's download of the same file (``None``: forever).
+    """
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retries: int = 4
+    backoff: float = 1.0
+    backoff_max: float = 30.0
+    chunk_size: int = 1 << 20
+    lock_timeout: float | None = None
+    user_agent: str = field(default_factory=lambda: f"dclip/{_version()}")
+
+
+def _version() -> str:
+    try:
+        from dclip_cli._version import __version__
+
+        return str(__version__)
+    except Exception:  # pragma: no cover - version file always present in the package
+        return "0"
+
+
+#: The settings :func:`fetch` uses when none are passed.
+SETTINGS = DownloadSettings()
+
+
+def is_offline() -> bool:
+    """Whether ``DCLIP_OFFLINE`` forbids network access."""
+    return os.environ.get("DCLIP_OFFLINE", "").strip().lower() in _TRUE
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place to get a file from, with the checks that apply to its bytes.
+
+    Args:
+        label: what error messages call it (the URL or the folder).
+        url: http(s) URL, or ``None`` for a local folder mirror.
+        local: local file to copy (``DCLIP_MIRROR`` pointing at a folder), else ``None``.
+        format: format of the bytes this source serves.
+        sha256: pinned SHA-256, if any.
+        md5: pinned MD5, if any.
+        size: expected size, if known.
+    """
+
+    label: str
+    url: str | None
+    local: Path | None
+    format: str
+    sha256: str | None = None
+    md5: str | None = None
+    size: int | None = None
+
+
+def sources(spec: CheckpointSpec) -> list[Source]:
+    """The sources :func:`fetch` tries for ``spec``, in order (``DCLIP_MIRROR`` first)."""
+    out = []
+    env = os.environ.get("DCLIP_MIRROR", "").strip()
+    if env:
+        pins: dict[str, Any] = {"format": spec.format, "sha256": spec.sha256, "md5": spec.md5, "size": spec.size}
+        if env.startswith(("http://", "https://")):
+            url = env.rstrip("/") + "/" + quote(spec.filename)
+            out.append(Source(url, url, None, **pins))
+        else:
+            folder = Path(env[len("file://") :] if env.startswith("file://") else env).expanduser()
+            out.append(Source(str(folder / spec.filename), None, folder / spec.filename, **pins))
+    for m in spec.mirrors():
+        out.append(Source(m.url, m.url, None, m.format or spec.format, m.sha256, m.md5, m.size))
+    return out
+
+
+def fetch(
+    name_or_spec: str | CheckpointSpec,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    on_progress: ProgressCallback | None = None,
+    offline: bool | None = None,
+    settings: DownloadSettings | None = None,
+) -> Path:
+    """Return the cached path of a checkpoint, downloading and verifying it first if needed.
+
+    Args:
+        name_or_spec: registry name (``celeba_hq``, ``ViT-B/16``) or a :class:`CheckpointSpec`.
+        cache_dir: cache root; default :func:`dclip_cli.checkpoints.cache.cache_dir`.
+        on_progress: called as ``on_progress(done_bytes, total_bytes_or_None)`` while downloading; ``done``
+            can go back to 0 when a server forces a restart.
+        offline: forbid network access; default from ``DCLIP_OFFLINE``.
+        settings: timeouts, retries and back-off; default :data:`SETTINGS`.
+
+    Returns:
+        The path of the verified file inside the cache.
+
+    Raises:
+        UnknownCheckpointError: no registry entry has that name.
+        CheckpointNotCachedError: offline and the file is not cached, or the spec has no download URL.
+        ChecksumMismatchError: the file arrived with the wrong size or hash (and was deleted), or a cached file
+            no longer matches its pinned hash.
+        DownloadError: every source failed; the message lists each failure.
+    """
+    if isinstance(name_or_spec, CheckpointSpec):
+        spec = name_or_spec
+    else:
+        from dclip_cli.checkpoints.store import get_spec
+
+        spec = get_spec(name_or_spec)
+    settings = settings or SETTINGS
+    dest = cache.checkpoint_path(spec, cache_dir)
+    if dest.is_file():
+        return _use_cached(spec, dest)
+    if offline is None:
+        offline = is_offline()
+    if offline:
+        raise CheckpointNotCachedError(
+            f"The checkpoint {spec.name!r} ({spec.filename}) is not in the cache at {dest.parent}, and "
+            "DCLIP_OFFLINE is set, so it cannot be downloaded.",
+            hint=f"Run 'dclip models fetch {spec.name}' on a machine with network access (same --cache-dir), "
+            f"or copy the file there and run 'dclip models import FILE --as {spec.name}'.",
+        )
+    todo = sources(spec)
+    if not todo:
+        raise CheckpointNotCachedError(
+            f"The checkpoint {spec.name!r} ({spec.filename}) has no download URL and is not in the cache.",
+            hint=manual_hint(spec),
+        )
+    cache.ensure_cache_dir(cache_dir)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CheckpointError(
+            f"Cannot create the cache folder {dest.parent}: {exc.strerror or exc}.",
+            hint="Point --cache-dir or DCLIP_CACHE at a writable folder.",
+        ) from exc
+    with _file_lock(cache.lock_path(spec, cache_dir), settings.lock_timeout, spec):
+        if dest.is_file():  # another process finished it while we waited
+            return _use_cached(spec, dest)
+        return _download(spec, dest, todo, on_progress, settings)
+
+
+def manual_hint(spec: CheckpointSpec) -> str:
+    """The hint telling a user how to get ``spec``'s file by hand."""
+    steps = (spec.manual.rstrip(".") + ". ") if spec.manual else ""
+    return (
+        f"{steps}Download {spec.filename} by hand and run 'dclip models import {spec.filename} --as {spec.name}', "
+        "or set DCLIP_MIRROR to a server or folder that has it."
+    )
+
+
+# -- cached files ---------------------------------------------------------------------------------------------
+
+
+def _use_cached(spec: CheckpointSpec, dest: Path) -> Path:
+    """Return ``dest``; a file without a sidecar (put there by hand) is verified and recorded first."""
+    meta = cache.read_meta(dest)
+    if meta is not None:
+        return dest
+    size = dest.stat().st_size
+    sha256, md5 = hash_file(dest, md5=spec.md5 is not None)
+    problem = _mismatch(spec.sha256, spec.md5, spec.size, sha256, md5, size)
+    if problem:
+        expected, actual = problem
+        raise ChecksumMismatchError(
+            f"The cached file {dest} does not match the registry entry {spec.name!r}: expected {expected}, "
+            f"found {actual}.",
+            hint=f"Run 'dclip models rm {spec.name}' and 'dclip models fetch {spec.name}' to download it again.",
+        )
+    pinned = spec.sha256 is not None or spec.md5 is not None
+    cache.write_meta(
+        dest, cache.FileMeta(sha256, size, spec.name, spec.format, "found", None, pinned, md5 if pinned else None)
+    )
+    return dest
+
+
+def hash_file(path: Path, *, md5: bool = False) -> tuple[str, str | None]:
+    """Return ``(sha256, md5 or None)`` of a file, read once in 1 MiB chunks."""
+    h256 = hashlib.sha256()
+    h5 = hashlib.md5(usedforsecurity=False) if md5 else None
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h256.update(chunk)
+            if h5 is not None:
+                h5.update(chunk)
+    return h256.hexdigest(), (h5.hexdigest() if h5 is not None else None)
+
+
+def _mismatch(
+    sha256: str | None, md5: str | None, size: int | None, got_sha256: str, got_md5: str | None, got_size: int
+) -> tuple[str, str] | None:
+    """``(expected, actual)`` descriptions of the first failed check, or ``None`` when all pass."""
+    if size is not None and got_size != size:
+        return f"{size} bytes", f"{got_size} bytes"
+    if sha256 is not None and got_sha256 != sha256:
+        return f"sha256 {sha256}", f"sha256 {got_sha256}"
+    if md5 is not None and got_md5 is not None and got_md5 != md5:
+        return f"md5 {md5}", f"md5 {got_md5}"
+    return None
+
+
+# -- locking --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, timeout: float | None, spec: CheckpointSpec) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock: filelock.BaseFileLock = filelock.FileLock(str(path))
+    try:
+        lock.acquire(timeout=-1 if timeout is None else timeout)
+    except filelock.Timeout as exc:
+        raise CheckpointError(
+            f"Another process has been downloading {spec.filename} for more than {timeout:g} s.",
+            hint=f"Wait for it to finish, or remove the stale lock {path} if no dclip process is running.",
+        ) from exc
+    except (OSError, NotImplementedError):  # filesystems without flock: fall back to a lock file
+        lock = filelock.SoftFileLock(str(path) + ".soft")
+        lock.acquire(timeout=-1 if timeout is None else timeout)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# -- downloading ----------------------------------------------------------------------------------------------
+
+
+class _SourceFailed(Exception):
+    """One source failed; the message says how (it goes into the final DownloadError)."""
+
+
+def _download(
+    spec: CheckpointSpec,
+    dest: Path,
+    todo: list[Source],
+    on_progress: ProgressCallback | None,
+    settings: DownloadSettings,
+) -> Path:
+    failures: list[str] = []
+    mismatches: list[ChecksumMismatchError] = []
+    tmp = dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:8]}{cache.INCOMPLETE_SUFFIX}")
+    session = requests.Session()
+    session.headers["User-Agent"] = settings.user_agent
+    try:
+        for source in todo:
+            _check_disk_space(dest.parent, source.size, spec)
+            try:
+                if source.local is not None:
+                    final_url = _copy_local(source, tmp, on_progress)
+                else:
+                    final_url = _download_source(session, source, tmp, on_progress, settings)
+            except _SourceFailed as exc:
+                failures.append(f"{source.label}: {exc}")
+                continue
+            size = tmp.stat().st_size
+            sha256, md5 = hash_file(tmp, md5=source.md5 is not None)
+            problem = _mismatch(source.sha256, source.md5, source.size, sha256, md5, size)
+            if problem:
+                tmp.unlink(missing_ok=True)
+                exc = _mismatch_error(spec, source, *problem)
+                mismatches.append(exc)
+                failures.append(f"{source.label}: expected {problem[0]}, got {problem[1]}")
+                continue
+            os.replace(tmp, dest)
+            pinned = source.sha256 is not None or source.md5 is not None
+            meta = cache.FileMeta(sha256, size, spec.name, source.format, "download", final_url, pinned, md5)
+            cache.write_meta(dest, meta)
+            return dest
+    finally:
+        session.close()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    if len(mismatches) == len(failures) == 1:
+        raise mismatches[0]
+    what = "source" if len(failures) == 1 else f"{len(failures)} sources"
+    error_cls = ChecksumMismatchError if len(mismatches) == len(failures) else DownloadError
+    raise error_cls(
+        f"Could not download {spec.filename} ({spec.name}) from any of its {what}:\n"
+        + "\n".join(f"  - {line}" for line in failures),
+        hint="Check the network connection and try again; " + manual_hint(spec),
+    )
+
+
+def _mismatch_error(spec: CheckpointSpec, source: Source, expected: str, actual: str) -> ChecksumMismatchError:
+    return ChecksumMismatchError(
+        f"The file {spec.filename} downloaded from {source.label} does not match its registry entry "
+        f"{spec.name!r}: expected {expected}, got {actual}. The download was deleted for safety.",
+        hint="This usually means the download was corrupted or altered on the way (a proxy, a full disk), the "
+        "server now serves a different version of the file, or the registry entry is out of date. Run "
+        f"'dclip models fetch {spec.name}' to try again, and report it if it keeps failing.",
+    )
+
+
+def _check_disk_space(folder: Path, size: int | None, spec: CheckpointSpec) -> None:
+    if size is None:
+        return
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < size:
+        raise CheckpointError(
+            f"Not enough disk space for {spec.filename}: it needs {size / 1e6:.0f} MB and {folder} has "
+            f"{free / 1e6:.0f} MB free.",
+            hint="Free some space or point --cache-dir / DCLIP_CACHE at a larger disk.",
+        )
+
+
+def _copy_local(source: Source, tmp: Path, on_progress: ProgressCallback | None) -> str:
+    assert source.local is not None
+    if not source.local.is_file():
+        raise _SourceFailed("no such file")
+    total = source.local.stat().st_size
+    done = 0
+    with open(source.local, "rb") as src, open(tmp, "wb") as out:
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
+            done += len(chunk)
+            if on_progress is not None:
+                on_progress(done, total)
+    return source.local.as_uri()
+
+
+def _download_source(
+    session: requests.Session,
+    source: Source,
+    tmp: Path,
+    on_progress: ProgressCallback | None,
+    settings: DownloadSettings,
+) -> str:
+    """Stream one source into ``tmp`` (resuming across attempts); return the URL that finally served it."""
+    assert source.url is not None
+    url = source.url
+    tmp.write_bytes(b"")  # each source starts from zero: another source may serve other bytes
+    attempt = 0
+    confirm_hops = 0
+    best = 0  # most bytes held so far; progress beyond it resets the retry budget
+    while True:
+        offset = tmp.stat().st_size
+        error: str | None = None
+        try:
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            resp = session.get(
+                url,
+                headers=headers,
+                stream=True,
+                timeout=(settings.connect_timeout, settings.read_timeout),
+                allow_redirects=True,
+            )
+        except requests.exceptions.RequestException as exc:
+            error = f"connection failed ({_short(exc)})"
+        else:
+            with resp:
+                status = resp.status_code
+                if status in _GIVE_UP_STATUS:
+                    raise _SourceFailed(f"HTTP {status} {resp.reason or ''}".strip())
+                if status == 429 or status >= 500:
+                    error = f"HTTP {status} {resp.reason or ''}".strip()
+                elif status == 416:
+                    tmp.write_bytes(b"")
+                    error = "the server refused to resume (HTTP 416)"
+                elif status not in (200, 206):
+                    raise _SourceFailed(f"unexpected HTTP {status} {resp.reason or ''}".strip())
+                elif _is_html(resp):
+                    next_url = _confirmation_url(resp)
+                    if next_url is None or confirm_hops >= 3:
+                        raise _SourceFailed(
+                            "the server sent a web page instead of the file (for Google Drive: the daily "
+                            "download quota is exceeded or the file is not shared)"
+                        )
+                    url, confirm_hops = next_url, confirm_hops + 1
+                    tmp.write_bytes(b"")
+                    continue
+                else:
+                    error = _stream(resp, tmp, offset, source.size, on_progress, settings)
+                    if error is None:
+                        return url
+        held = tmp.stat().st_size
+        if held > best:
+            best, attempt = held, 0
+        attempt += 1
+        if attempt > settings.retries:
+            raise _SourceFailed(f"{error} (gave up after {attempt} attempts)")
+        time.sleep(min(settings.backoff * 2 ** (attempt - 1), settings.backoff_max))
+
+
+def _stream(
+    resp: requests.Response,
+    tmp: Path,
+    offset: int,
+    size_hint: int | None,
+    on_progress: ProgressCallback | None,
+    settings: DownloadSettings,
+) -> str | None:
+    """Write a 200/206 response body into ``tmp``; return ``None`` when complete, else what went wrong."""
+    total: int | None
+    if resp.status_code == 206:
+        start, total = _content_range(resp.headers.get("Content-Range", ""))
+        if start != offset:
+            tmp.write_bytes(b"")
+            return f"the server resumed at byte {start} instead of {offset}"
+        mode = "ab"
+    else:
+        offset = 0  # a 200 answer to a ranged request: the server ignored Range, start over
+        length = resp.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        mode = "wb"
+    if total is None:
+        total = size_hint
+    done = offset
+    if on_progress is not None:
+        on_progress(done, total)
+    with open(tmp, mode) as out:
+        error = _copy_body(resp, out, done, total, on_progress, settings)
+    if error is not None:
+        return error
+    got = tmp.stat().st_size
+    if total is not None and got < total:
+        return f"the connection closed after {got} of {total} bytes"
+    return None
+
+
+def _copy_body(
+    resp: requests.Response,
+    out: IO[bytes],
+    done: int,
+    total: int | None,
+    on_progress: ProgressCallback | None,
+    settings: DownloadSettings,
+) -> str | None:
+    try:
+        for chunk in resp.iter_content(chunk_size=settings.chunk_size):
+            if not chunk:
+                continue
+            out.write(chunk)
+            done += len(chunk)
+            if on_progress is not None:
+                on_progress(done, total)
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
+        out.flush()
+        return f"the connection was lost after {done} bytes ({_short(exc)})"
+    return None
+
+
+def _content_range(value: str) -> tuple[int, int | None]:
+    """Parse ``bytes START-END/TOTAL`` into ``(START, TOTAL or None)``; ``(-1, None)`` when unreadable."""
+    m = re.match(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)", value)
+    if not m:
+        return -1, None
+    return int(m.group(1)), (int(m.group(2)) if m.group(2) != "*" else None)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    text = re.sub(r"<[^>]*object at 0x[0-9a-f]+>:?\s*", "", text)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _is_html(resp: requests.Response) -> bool:
+    return resp.headers.get("Content-Type", "").split(";")[0].strip().lower() == "text/html"
+
+
+class _FormParser(html.parser.HTMLParser):
+    """Collects the first download form (action + hidden inputs) and any ``confirm=`` link of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action: str | None = None
+        self.inputs: dict[str, str] = {}
+        self.confirm_href: str | None = None
+        self._in_form = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form" and self.action is None:
+            self.action, self._in_form = a.get("action", ""), True
+        elif tag == "input" and self._in_form and a.get("name"):
+            self.inputs[a["name"]] = a.get("value", "")
+        elif tag == "a" and "confirm=" in a.get("href", "") and self.confirm_href is None:
+            self.confirm_href = a["href"]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._in_form = False
+
+
+def _confirmation_url(resp: requests.Response) -> str | None:
+    """The URL behind a large-file confirmation page (Google Drive's "can't scan for viruses"), if any.
+
+    Handles the three shapes Drive has used: a ``download_warning`` cookie whose value is the ``confirm`` token,
+    a page with a ``confirm=`` link, and a form (``drive.usercontent.google.com/download``) with hidden inputs.
+    """
+    base = resp.url
+    for name, value in resp.cookies.items():
+        if name.startswith("download_warning"):
+            return _with_query(base, {"confirm": value})
+    body = b""
+    for chunk in resp.iter_content(chunk_size=65536):
+        body += chunk
+        if len(body) > 2_000_000:
+            break
+    parser = _FormParser()
+    with contextlib.suppress(Exception):
+        parser.feed(body.decode("utf-8", errors="replace"))
+    if parser.action is not None and ("confirm" in parser.inputs or "id" in parser.inputs):
+        action = urljoin(base, parser.action or base)
+        return _with_query(action, parser.inputs)
+    if parser.confirm_href:
+        return urljoin(base, parser.confirm_href)
+    m = re.search(rb"confirm=([0-9A-Za-z_\-]+)", body)
+    if m:
+        return _with_query(base, {"confirm": m.group(1).decode()})
+    return None
+
+
+def _with_query(url: str, params: dict[str, str]) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    query.update(params)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+__all__ = [
+    "DownloadSettings",
+    "SETTINGS",
+    "Source",
+    "fetch",
+    "hash_file",
+    "is_offline",
+    "manual_hint",
+    "sources",
+]

@@ -1,0 +1,1 @@
+"""The Typer command-line interface. Modules here import torch only inside command bodies."""

@@ -1,0 +1,41 @@
+"""State shared by all commands: the global options of ``@app.callback()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+
+@dataclass
+class State:
+    """Global options, stored on ``ctx.obj`` by the root callback."""
+
+    device: str = "auto"
+    cache_dir: Path | None = None
+    verbose: bool = False
+    quiet: bool = False
+
+
+def get_state(ctx: typer.Context) -> State:
+    """Return the global options of this invocation (defaults when a command is invoked directly)."""
+    root = ctx.find_root()
+    obj = root.obj
+    if not isinstance(obj, State):
+        obj = State()
+        root.obj = obj
+    return obj
+
+
+def load_registry_with_warnings():  # noqa: ANN201 - returns dclip_cli.presets.manager.Registry
+    """Load the preset registry and print each plugin warning once on stderr."""
+    from dclip_cli import console
+    from dclip_cli.presets.manager import get_registry
+
+    registry = get_registry()
+    if not getattr(registry, "_warned", False):
+        for message in registry.warnings:
+            console.warn(message)
+        registry._warned = True  # type: ignore[attr-defined]
+    return registry

@@ -1,0 +1,173 @@
+"""An optional LPIPS perceptual term (the ``lpips`` package) for fine-tuning.
+
+LPIPS has two parts:
+
+* the linear calibration layers, shipped inside the ``lpips`` package (``lpips/weights/v0.1/<net>.pth``), always
+  available offline;
+* the ImageNet trunk (AlexNet by default, or VGG16 / SqueezeNet 1.1), which ``lpips`` would fetch through
+  torchvision on first use. dclip loads it itself: from torch hub's cache (``$TORCH_HOME/hub/checkpoints``,
+  default ``~/.cache/torch/hub/checkpoints``), downloading it there when missing and ``DCLIP_OFFLINE`` is not set.
+  The file name carries a hash prefix that torch hub checks.
+
+Inputs are images in [-1, 1], as everywhere in dclip. The module is frozen and stays in eval mode.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dclip_cli.errors import CheckpointError, CheckpointNotCachedError, ConfigError, DownloadError
+
+__all__ = ["LPIPS_NETS", "LPIPSLoss", "trunk_weights_path", "trunk_weights_url"]
+
+#: LPIPS trunk name -> (torchvision builder, torchvision weights enum, member).
+_TRUNKS: dict[str, tuple[str, str, str]] = {
+    "alex": ("alexnet", "AlexNet_Weights", "IMAGENET1K_V1"),
+    "vgg": ("vgg16", "VGG16_Weights", "IMAGENET1K_V1"),
+    "squeeze": ("squeezenet1_1", "SqueezeNet1_1_Weights", "IMAGENET1K_V1"),
+}
+LPIPS_NETS: tuple[str, ...] = tuple(_TRUNKS)
+
+
+def _canonical_net(net: str) -> str:
+    key = {"vgg16": "vgg", "alexnet": "alex", "squeezenet": "squeeze"}.get(net.lower(), net.lower())
+    if key not in _TRUNKS:
+        raise ConfigError(f"Unknown LPIPS network {net!r}.", hint=f"Use one of {', '.join(LPIPS_NETS)}.")
+    return key
+
+
+def trunk_weights_url(net: str = "alex") -> str:
+    """The URL torchvision publishes the ImageNet weights of the LPIPS trunk at."""
+    import torchvision.models as tvm
+
+    _, enum_name, member = _TRUNKS[_canonical_net(net)]
+    return str(getattr(getattr(tvm, enum_name), member).url)
+
+
+def trunk_weights_path(net: str = "alex") -> Path:
+    """Where the trunk weights live in torch hub's cache (``torch.hub.get_dir()/checkpoints/<file>``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(trunk_weights_url(net))
+
+
+def _load_trunk_state_dict(net: str, offline: bool | None) -> dict[str, Tensor]:
+    url = trunk_weights_url(net)
+    path = trunk_weights_path(net)
+    if not path.is_file():
+        if offline is None:
+            from dclip_cli.checkpoints.download import is_offline
+
+            offline = is_offline()
+        if offline:
+            raise CheckpointNotCachedError(
+                f"LPIPS needs torchvision's ImageNet {net} weights, which are not in torch hub's cache "
+                f"({str(path)!r}), and DCLIP_OFFLINE is set.",
+                hint=f"Download {url} to that path on a machine with network access, or set the LPIPS weight to 0.",
+            )
+        try:
+            torch.hub.load_state_dict_from_url(
+                url, model_dir=str(path.parent), progress=False, check_hash=True, weights_only=True
+            )
+        except (OSError, RuntimeError) as exc:
+            raise DownloadError(
+                f"Downloading torchvision's ImageNet {net} weights for LPIPS from {url} failed ({exc}).",
+                hint=f"Check the network connection, or place the file at {str(path)!r} by hand.",
+            ) from exc
+    try:
+        state: Any = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
+        raise CheckpointError(
+            f"The LPIPS trunk weights {str(path)!r} could not be read ({exc}).",
+            hint="Delete the file; it is downloaded again on the next run.",
+        ) from exc
+    return dict(state)
+
+
+class LPIPSLoss(nn.Module):
+    """LPIPS distance between images in [-1, 1] (lower is more similar).
+
+    Args:
+        net: trunk, ``"alex"`` (default, as LPIPS recommends for a loss), ``"vgg"`` or ``"squeeze"``.
+        pretrained: load the calibrated linear layers shipped with the ``lpips`` package (else random).
+        pnet_rand: leave the trunk randomly initialised instead of loading its ImageNet weights (tests only).
+        offline: forbid downloading the trunk weights; default from ``DCLIP_OFFLINE``.
+
+    Raises:
+        CheckpointNotCachedError: the trunk weights are not cached and downloads are forbidden.
+        DownloadError: the trunk weights could not be downloaded.
+    """
+
+    def __init__(
+        self,
+        net: str = "alex",
+        pretrained: bool = True,
+        *,
+        pnet_rand: bool = False,
+        offline: bool | None = None,
+    ) -> None:
+        super().__init__()
+        import lpips
+
+        self.net_name = _canonical_net(net)
+        with warnings.catch_warnings():
+            # lpips calls torchvision's deprecated ``pretrained=`` argument; the trunk is never downloaded here.
+            warnings.simplefilter("ignore", UserWarning)
+            self.lpips = lpips.LPIPS(net=self.net_name, pretrained=pretrained, pnet_rand=True, verbose=False)
+        if not pnet_rand:
+            self._load_trunk(offline)
+        self.lpips.requires_grad_(False)
+        self.lpips.eval()
+
+    def _load_trunk(self, offline: bool | None) -> None:
+        import torchvision.models as tvm
+
+        builder = _TRUNKS[self.net_name][0]
+        state = _load_trunk_state_dict(self.net_name, offline)
+        trunk = getattr(tvm, builder)(weights=None)
+        try:
+            trunk.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"The LPIPS trunk weights at {str(trunk_weights_path(self.net_name))!r} do not fit torchvision's "
+                f"{builder}: {exc}",
+                hint="Delete the file; it is downloaded again on the next run.",
+            ) from exc
+        features = trunk.features
+        # lpips slices ``features`` into ``slice1..sliceN`` whose children keep their index in ``features``.
+        for slice_module in self.lpips.net.children():
+            for index, layer in slice_module.named_children():
+                layer.load_state_dict(features[int(index)].state_dict())
+
+    def train(self, mode: bool = True) -> LPIPSLoss:
+        """Keep LPIPS in eval mode (its dropout layers must stay off)."""
+        super().train(mode)
+        self.lpips.eval()
+        return self
+
+    def per_sample(self, x: Tensor, y: Tensor) -> Tensor:
+        """LPIPS per image.
+
+        Args:
+            x: (B, 3, H, W) in [-1, 1].
+            y: (B, 3, H, W) in [-1, 1].
+
+        Returns:
+            (B,) float32, >= 0.
+        """
+        if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
+            raise ConfigError(
+                f"LPIPS compares two batches of the same shape (B, 3, H, W), got {tuple(x.shape)} and "
+                f"{tuple(y.shape)}.",
+                hint="Pass images of the same size in [-1, 1].",
+            )
+        return self.lpips(x.float(), y.float()).reshape(x.shape[0])
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        """The batch mean of :meth:`per_sample`: a float32 scalar."""
+        return self.per_sample(x, y).mean()

@@ -1,0 +1,1 @@
+"""Domain presets and the plugin machinery that discovers them."""

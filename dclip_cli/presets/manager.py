@@ -1,0 +1,246 @@
+"""Discovery of preset plugins through the ``dclip.presets`` entry-point group.
+
+The four built-in presets (face, dog, church, bedroom) are ordinary plugins declared in dclip's own
+``pyproject.toml``; third-party packages add entry points to the same group. Loading is guarded: a plugin that fails
+to import, misspells a hook or registers an invalid record becomes one warning and is skipped, so ``dclip --help``
+and every other command keep working.
+
+``DCLIP_LOAD_PLUGINS`` (comma list of entry-point names; empty loads none) restricts what is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from dclip_cli.checkpoints.registry import CheckpointSpec
+from dclip_cli.errors import DuplicatePresetError, UnknownPresetError
+from dclip_cli.presets import hookspecs
+from dclip_cli.presets.preset import Aligner, IdentityModel, Preset
+
+ENTRY_POINT_GROUP = "dclip.presets"
+HOOK_NAMES = ("register_presets", "register_checkpoints", "register_aligners", "register_identity_models")
+
+
+@dataclass
+class PluginInfo:
+    """What ``dclip plugins`` shows about one loaded (or failed) plugin."""
+
+    name: str
+    module: str
+    distribution: str | None
+    version: str | None
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "distribution": self.distribution,
+            "version": self.version,
+            "hooks": self.hooks,
+            "error": self.error,
+        }
+
+
+@dataclass
+class Registry:
+    """Everything the loaded plugins registered."""
+
+    presets: dict[str, Preset] = field(default_factory=dict)
+    checkpoints: dict[str, CheckpointSpec] = field(default_factory=dict)
+    aligners: dict[str, Aligner] = field(default_factory=dict)
+    identity_models: dict[str, IdentityModel] = field(default_factory=dict)
+    plugins: list[PluginInfo] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    #: preset name -> distribution that registered it (for duplicate errors)
+    preset_owner: dict[str, str] = field(default_factory=dict)
+    #: preset names registered by more than one plugin -> owners
+    duplicates: dict[str, list[str]] = field(default_factory=dict)
+
+    def preset(self, name: str) -> Preset:
+        """Return the preset ``name``, raising a clear error for unknown or duplicated names."""
+        if name in self.duplicates:
+            owners = " and ".join(self.duplicates[name])
+            raise DuplicatePresetError(
+                f"Two plugins register a preset named {name!r}: {owners}.",
+                hint="Uninstall one of them, or restrict loading with DCLIP_LOAD_PLUGINS.",
+            )
+        try:
+            return self.presets[name]
+        except KeyError:
+            known = ", ".join(sorted(self.presets)) or "(none installed)"
+            raise UnknownPresetError(
+                f"No preset named {name!r}.",
+                hint=f"Installed presets: {known}. Run 'dclip presets list' to see them.",
+            ) from None
+
+
+def _debug() -> bool:
+    return os.environ.get("DCLIP_DEBUG", "") not in ("", "0")
+
+
+def _allowed_names() -> set[str] | None:
+    raw = os.environ.get("DCLIP_LOAD_PLUGINS")
+    if raw is None:
+        return None
+    return {part.strip() for part in raw.split(",") if part.strip()}
+
+
+def _dist_of(ep: metadata.EntryPoint) -> tuple[str | None, str | None]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return None, None
+    return dist.metadata["Name"], dist.version
+
+
+def _format_exc(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _Collector:
+    """Collects what one plugin registers, validating each record's type."""
+
+    def __init__(self, plugin: str) -> None:
+        self.plugin = plugin
+        self.presets: list[Preset] = []
+        self.checkpoints: list[CheckpointSpec] = []
+        self.aligners: list[Aligner] = []
+        self.identity_models: list[IdentityModel] = []
+
+    def _typed(self, kind: type, target: list[Any]) -> Callable[[Any], None]:
+        def register(obj: Any) -> None:
+            if not isinstance(obj, kind):
+                raise TypeError(f"registered a {type(obj).__name__} where a {kind.__name__} was expected")
+            target.append(obj)
+
+        return register
+
+
+def load_registry(
+    entry_points: Iterable[metadata.EntryPoint] | None = None,
+    extra_plugins: Iterable[tuple[str, ModuleType | object]] = (),
+) -> Registry:
+    """Load the preset plugins and return what they registered.
+
+    Args:
+        entry_points: entry points to load; by default those of the ``dclip.presets`` group, filtered by
+            ``DCLIP_LOAD_PLUGINS``.
+        extra_plugins: ``(name, module_or_object)`` pairs registered directly (tests use this).
+    """
+    registry = Registry()
+    allowed = _allowed_names()
+    if entry_points is None:
+        entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    candidates: list[tuple[str, str, str | None, str | None, Callable[[], Any]]] = []
+    seen: set[tuple[str, str]] = set()
+    for ep in entry_points:
+        if allowed is not None and ep.name not in allowed:
+            continue
+        dist, version = _dist_of(ep)
+        key = (ep.name, ep.value)
+        if key in seen:  # the same distribution visible twice on sys.path
+            continue
+        seen.add(key)
+        candidates.append((ep.name, ep.value, dist, version, ep.load))
+    for name, obj in extra_plugins:
+        module = getattr(obj, "__name__", type(obj).__name__)
+        candidates.append((name, module, None, None, lambda obj=obj: obj))
+
+    for name, module_name, dist, version, load in candidates:
+        info = PluginInfo(name=name, module=module_name, distribution=dist, version=version)
+        registry.plugins.append(info)
+        try:
+            plugin = load()
+            collector = _register_plugin(name, plugin, info)
+        except Exception as exc:  # a broken plugin must not break the CLI
+            info.error = _format_exc(exc)
+            msg = f"Preset plugin {name!r} failed to load: {info.error}"
+            if _debug():
+                msg += "\n" + "".join(traceback.format_exception(exc))
+            else:
+                msg += "; run with DCLIP_DEBUG=1 for details"
+            registry.warnings.append(msg)
+            continue
+        owner = f"{dist} ({name})" if dist else name
+        for preset in collector.presets:
+            if preset.name in registry.presets:
+                first = registry.preset_owner[preset.name]
+                registry.duplicates.setdefault(preset.name, [first]).append(owner)
+                registry.warnings.append(
+                    f"Preset {preset.name!r} is registered by both {first} and {owner}; "
+                    "it cannot be used until one is removed"
+                )
+                continue
+            registry.presets[preset.name] = preset
+            registry.preset_owner[preset.name] = owner
+        for spec in collector.checkpoints:
+            registry.checkpoints.setdefault(spec.name, spec)
+        for aligner in collector.aligners:
+            registry.aligners.setdefault(aligner.name, aligner)
+        for ident in collector.identity_models:
+            registry.identity_models.setdefault(ident.name, ident)
+    return registry
+
+
+def _register_plugin(name: str, plugin: Any, info: PluginInfo) -> _Collector:
+    """Run one plugin's hooks in its own plugin manager, so a failure affects only that plugin."""
+    pm = pluggy.PluginManager("dclip")
+    pm.add_hookspecs(hookspecs)
+    pm.register(plugin, name=name)
+    pm.check_pending()  # a misspelt hook name fails loudly
+    info.hooks = sorted(impl.function.__name__ for impl in _impls(pm))
+    collector = _Collector(name)
+    pm.hook.register_presets(register=collector._typed(Preset, collector.presets))
+    pm.hook.register_checkpoints(register=collector._typed(CheckpointSpec, collector.checkpoints))
+    pm.hook.register_aligners(register=collector._typed(Aligner, collector.aligners))
+    pm.hook.register_identity_models(register=collector._typed(IdentityModel, collector.identity_models))
+    return collector
+
+
+def _impls(pm: pluggy.PluginManager) -> list[Any]:
+    impls = []
+    for hook_name in HOOK_NAMES:
+        caller = getattr(pm.hook, hook_name)
+        impls.extend(caller.get_hookimpls())
+    return impls
+
+
+_REGISTRY: Registry | None = None
+_EXTRA: list[tuple[str, Any]] = []
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loaded once on first use."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = load_registry(extra_plugins=list(_EXTRA))
+    return _REGISTRY
+
+
+def register_plugin(name: str, plugin: Any) -> None:
+    """Register a plugin object directly (without an entry point) and reload the registry."""
+    _EXTRA.append((name, plugin))
+    reset_registry()
+
+
+def unregister_plugin(name: str) -> None:
+    """Undo :func:`register_plugin`."""
+    _EXTRA[:] = [(n, p) for n, p in _EXTRA if n != name]
+    reset_registry()
+
+
+def reset_registry() -> None:
+    """Forget the loaded registry; the next :func:`get_registry` loads again."""
+    global _REGISTRY
+    _REGISTRY = None
+

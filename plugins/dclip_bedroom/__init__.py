@@ -1,0 +1,119 @@
+"""dclip's built-in LSUN bedroom preset (DDPM from the SDEdit release), as an ordinary preset plugin.
+
+Data only: the preset, its 6 named edits, the base checkpoint and the official fine-tuned models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dclip_cli.checkpoints.registry import CheckpointSpec
+from dclip_cli.presets.hookspecs import hookimpl
+from dclip_cli.presets.preset import Preset
+from dclip_cli.presets.tables import edits_from_table
+
+DDPM_256 = {
+    "ch": 128,
+    "ch_mult": [1, 1, 2, 2, 4, 4],
+    "num_res_blocks": 2,
+    "attn_resolutions": [16],
+    "dropout": 0.0,
+    "resamp_with_conv": True,
+    "in_channels": 3,
+    "out_ch": 3,
+    "resolution": 256,
+}
+
+_DRIVE = "https://drive.google.com/uc?export=download&id="
+_FOLDER = "https://drive.google.com/drive/folders/1Uwvm_gckanyRzQkVTLB6GLQbkSBoZDZF"
+
+# Drive ids and file names from the original Colab notebook (they may be stale).
+EDITS, FINETUNED = edits_from_table(
+    "bedroom",
+    {
+        "bedroom_blue": (
+            "Bedroom",
+            "Blue tone Bedroom",
+            "blue_t500.pth",
+            _DRIVE + "1qAC4ORH5sk3YfXDQ-3QUiXDxMsmJB0g8",
+            500,
+        ),
+        "bedroom_green": (
+            "Bedroom",
+            "Green tone Bedroom",
+            "green_t601.pth",
+            _DRIVE + "1ClX_LUgpG5igDq0rWTsD7xIzyzGRvge_",
+            601,
+        ),
+        "bedroom_golden": ("Bedroom", "Golden Bedroom", None, None, None),
+        "bedroom_princess": (
+            "Bedroom",
+            "Princess Bedroom",
+            "princess_t500.pth",
+            _DRIVE + "1gBbyWCDLfBQpoPuNkpc9Ioqu4wJW8o3b",
+            500,
+        ),
+        "bedroom_palace": ("Bedroom", "Palace Bedroom", None, None, None),
+        "bedroom_wooden": (
+            "Bedroom",
+            "Wooden Bedroom",
+            "wooden_t500.pth",
+            _DRIVE + "1ATF3o7RCSrgi0icwi9HaaZxf2C-DwwTp",
+            500,
+        ),
+    },
+    base="lsun_bedroom",
+    arch="ddpm",
+    arch_config=DDPM_256,
+    source_note="DiffusionCLIP release (Kim, Kwon and Ye, CVPR 2022), Google Drive; ids from the original Colab.",
+    manual_folder=_FOLDER,
+)
+
+
+@hookimpl
+def register_presets(register: Any) -> None:
+    register(
+        Preset(
+            name="bedroom",
+            description="Bedrooms (LSUN bedroom DDPM, 256x256).",
+            image_size=256,
+            checkpoint="lsun_bedroom",
+            arch="ddpm",
+            arch_config=DDPM_256,
+            source_text="Bedroom",
+            domain_prompt="a photo of a bedroom",
+            t0=500,
+            n_inv_steps=40,
+            n_gen_steps=40,
+            n_train_steps=6,
+            lr=8e-6,
+            clip_weight=3.0,
+            l1_weight=1.0,
+            finetune_mode="original",
+            epochs=1,
+            n_train_images=50,
+            preprocess="center_crop",
+            edits=EDITS,
+        )
+    )
+
+
+@hookimpl
+def register_checkpoints(register: Any) -> None:
+    register(
+        CheckpointSpec(
+            name="lsun_bedroom",
+            filename="bedroom.ckpt",
+            urls=(
+                "https://huggingface.co/gwang-kim/DiffusionCLIP-LSUN_Bedroom/resolve/main/bedroom.ckpt",
+                "https://image-editing-test-12345.s3-us-west-2.amazonaws.com/checkpoints/bedroom.ckpt",
+            ),
+            format="ddpm",
+            arch="ddpm",
+            arch_config=DDPM_256,
+            description="LSUN bedroom 256 DDPM (SDEdit release, used by DiffusionCLIP).",
+            license_note="SDEdit / DiffusionCLIP release; Hugging Face mirror gwang-kim/DiffusionCLIP-LSUN_Bedroom.",
+        )
+    )
+    for spec in FINETUNED:
+        register(spec)

@@ -1,0 +1,134 @@
+"""dclip's built-in LSUN church preset (DDPM from the SDEdit / DDIM releases), as an ordinary preset plugin.
+
+Data only: the preset, its 10 named edits, the base checkpoint and the official fine-tuned models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dclip_cli.checkpoints.registry import CheckpointSpec
+from dclip_cli.presets.hookspecs import hookimpl
+from dclip_cli.presets.preset import Preset
+from dclip_cli.presets.tables import edits_from_table
+
+DDPM_256 = {
+    "ch": 128,
+    "ch_mult": [1, 1, 2, 2, 4, 4],
+    "num_res_blocks": 2,
+    "attn_resolutions": [16],
+    "dropout": 0.0,
+    "resamp_with_conv": True,
+    "in_channels": 3,
+    "out_ch": 3,
+    "resolution": 256,
+}
+
+_DRIVE = "https://drive.google.com/uc?export=download&id="
+_FOLDER = "https://drive.google.com/drive/folders/1Uwvm_gckanyRzQkVTLB6GLQbkSBoZDZF"
+
+# Drive ids and file names from the original Colab notebook (they may be stale).
+EDITS, FINETUNED = edits_from_table(
+    "church",
+    {
+        "church_snow": (
+            "Church",
+            "Snow Coverd Church",
+            "snow_t500.pth",
+            _DRIVE + "1-k_W15TY0TjZQnONXHah2x1jonVd8ePZ",
+            500,
+        ),
+        "church_night": ("Church", "Church at night", None, None, None),
+        "church_red_brick": (
+            "Church",
+            "Red brick wall Church",
+            "brick_t301.pth",
+            _DRIVE + "1_FWVnjR2nsW0SACZDuU-HT53hn5C1TsR",
+            301,
+        ),
+        "church_golden": (
+            "Church",
+            "Golden Church",
+            "golden_t401.pth",
+            _DRIVE + "16T7N8LHPyM_-3TSCSggg683PjfJQaR15",
+            401,
+        ),
+        "church_wooden_house": (
+            "Church",
+            "Wooden House",
+            "wooden_t500.pth",
+            _DRIVE + "1R0l-GQdXaOQJfcrb81vv9sgD9z8mBSPK",
+            500,
+        ),
+        "church_gothic": ("Church", "Gothic Church", None, None, None),
+        "church_ancient_tower": (
+            "Church",
+            "Ancient traditional Asian tower",
+            "ancient_tower_t500.pth",
+            _DRIVE + "12DC1lL6moUy1teKe7gxqL2NQhhmU44eB",
+            500,
+        ),
+        "church_temple": ("Church", "Temple", None, None, None),
+        "church_factory": ("church", "factory with chimneys", None, None, None),
+        "church_department_store": (
+            "church",
+            "department store",
+            "department_t500.pth",
+            _DRIVE + "1XcL3IM85dG5nk9-3CiXAsdIZaguSZyMw",
+            500,
+        ),
+    },
+    base="lsun_church",
+    arch="ddpm",
+    arch_config=DDPM_256,
+    source_note="DiffusionCLIP release (Kim, Kwon and Ye, CVPR 2022), Google Drive; ids from the original Colab.",
+    manual_folder=_FOLDER,
+)
+
+
+@hookimpl
+def register_presets(register: Any) -> None:
+    register(
+        Preset(
+            name="church",
+            description="Outdoor churches (LSUN church DDPM, 256x256).",
+            image_size=256,
+            checkpoint="lsun_church",
+            arch="ddpm",
+            arch_config=DDPM_256,
+            source_text="Church",
+            domain_prompt="a photo of a church",
+            t0=500,
+            n_inv_steps=40,
+            n_gen_steps=40,
+            n_train_steps=6,
+            lr=8e-6,
+            clip_weight=3.0,
+            l1_weight=1.0,
+            finetune_mode="original",
+            epochs=1,
+            n_train_images=50,
+            preprocess="center_crop",
+            edits=EDITS,
+        )
+    )
+
+
+@hookimpl
+def register_checkpoints(register: Any) -> None:
+    register(
+        CheckpointSpec(
+            name="lsun_church",
+            filename="church_outdoor.ckpt",
+            urls=(
+                "https://image-editing-test-12345.s3-us-west-2.amazonaws.com/checkpoints/church_outdoor.ckpt",
+            ),
+            format="ddpm",
+            arch="ddpm",
+            arch_config=DDPM_256,
+            description="LSUN church-outdoor 256 DDPM (SDEdit release, used by DiffusionCLIP).",
+            license_note="SDEdit / DiffusionCLIP release.",
+        )
+    )
+    for spec in FINETUNED:
+        register(spec)

@@ -1,0 +1,234 @@
+"""Library-level tests of dclip_cli.editing: parsers, target resolution, output planning, pipelines."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dclip_cli.editing import (
+    MixEntry,
+    check_strength,
+    default_mix_schedule,
+    expand_inputs,
+    format_mix_schedule,
+    parse_mix_schedule,
+    parse_sweep,
+    plan_outputs,
+    resolve_target,
+    slugify,
+)
+from dclip_cli.errors import (
+    ConfigError,
+    ImageError,
+    InvalidScheduleError,
+    OutputError,
+    OutputExistsError,
+    UnknownEditError,
+)
+from dclip_cli.presets.preset import Edit, Preset
+
+
+def _preset() -> Preset:
+    return Preset(
+        name="tinyface",
+        description="tiny",
+        image_size=32,
+        checkpoint="tiny_base",
+        arch="ddpm",
+        arch_config={},
+        source_text="face",
+        domain_prompt="a photo of a face",
+        edits={
+            "smiling": Edit("smiling", "face", "smiling face"),
+            "curly_hair": Edit("curly_hair", "person", "person with curly hair"),
+        },
+    )
+
+
+# --- --schedule ------------------------------------------------------------------------------------------------
+
+
+def test_schedule_valid() -> None:
+    entries = parse_mix_schedule("300:0.5,0.5; 0:0.3,0.7", 2)
+    assert entries == [MixEntry(300, (0.5, 0.5)), MixEntry(0, (0.3, 0.7))]
+    assert entries[1].normalized == pytest.approx((0.3, 0.7))
+    assert parse_mix_schedule("0:2,0,6", 3)[0].normalized == pytest.approx((0.25, 0.0, 0.75))
+    assert format_mix_schedule(entries) == "300:0.5,0.5;0:0.3,0.7"
+    assert default_mix_schedule(3) == [MixEntry(0, (1.0, 1.0, 1.0))]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "The mixing schedule is empty."),
+        ("300:0.5,0.5;", "Schedule entry 2 is empty (a trailing ';')."),
+        ("300:0.5,0.5;;0:1,1", "Schedule entry 2 is empty (two ';' in a row)."),
+        ("300 0.5,0.5", 'Schedule entry 1 "300 0.5,0.5" has no \':\''),
+        ("300:1:0.5,0.5", "has more than one ':'"),
+        ("abc:0.5,0.5", 'Schedule entry 1 "abc:0.5,0.5": the threshold "abc" is not a whole number.'),
+        ("12.5:0.5,0.5", 'the threshold "12.5" is not a whole number'),
+        ("1200:0.5,0.5;0:1,1", "the threshold 1200 is outside 0..999"),
+        ("-1:0.5,0.5", "the threshold -1 is outside 0..999"),
+        ("0:1,1;300:1,1", 'Schedule entry 2 "300:1,1": the threshold 300 is not below the previous one (0)'),
+        ("300:1,1;300:1,1;0:1,1", "the threshold 300 is not below the previous one (300)"),
+        ("300:1,1;100:1,1", 'Schedule entry 2 "100:1,1" has threshold 100, but the last entry must have threshold 0'),
+        ("300:0.5;0:1,1", 'Schedule entry 1 "300:0.5" gives 1 weight for 2 models (smiling, pixar)'),
+        ("300:1,1;0:1,1,1", "Schedule entry 2 \"0:1,1,1\" gives 3 weights for 2 models"),
+        ("0:", "gives 0 weights for 2 models"),
+        ("0:1,x", 'Schedule entry 1 "0:1,x": weight 2 "x" is not a number.'),
+        ("0:1,nan", 'weight 2 "nan" is not a finite number'),
+        ("0:1,-0.1", "weight 2 (-0.1) is negative; weights must be >= 0."),
+        ("300:1,1;0:0,0", 'Schedule entry 2 "0:0,0": the weights sum to 0'),
+    ],
+)
+def test_schedule_errors_name_the_wrong_part(text: str, message: str) -> None:
+    with pytest.raises(InvalidScheduleError) as info:
+        parse_mix_schedule(text, 2, member_names=["smiling", "pixar"])
+    assert message in info.value.message
+    assert "THRESHOLD:W1,W2" in (info.value.hint or "")
+
+
+def test_schedule_needs_members() -> None:
+    with pytest.raises(InvalidScheduleError, match="nothing to mix"):
+        parse_mix_schedule("0:1", 0)
+
+
+# --- --sweep / --strength ---------------------------------------------------------------------------------------
+
+
+def test_sweep_parses_in_order() -> None:
+    assert parse_sweep("0,0.25, 0.5,0.75,1") == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert parse_sweep("1,0") == [1.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "--sweep is empty."),
+        ("0,,1", "--sweep value 2 is empty"),
+        ("0,a", '--sweep value 2 "a" is not a number.'),
+        ("0,1.5", "--sweep value 2 (1.5) is outside 0..1."),
+        ("0.5,0.5", "--sweep value 2 (0.5) is listed twice."),
+    ],
+)
+def test_sweep_errors(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_sweep(text)
+    assert message in info.value.message
+
+
+def test_strength_range() -> None:
+    assert check_strength(0) == 0.0 and check_strength(1) == 1.0
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        check_strength(1.5)
+
+
+# --- --to -------------------------------------------------------------------------------------------------------
+
+
+def test_named_and_free_text_targets() -> None:
+    p = _preset()
+    t = resolve_target(p, "curly_hair")
+    assert (t.key, t.src, t.trg, t.tag) == ("curly_hair", "person", "person with curly hair", "curly_hair")
+    t = resolve_target(p, "Face with Blue Eyes!")
+    assert (t.key, t.src, t.trg, t.tag) == (None, "face", "Face with Blue Eyes!", "face-with-blue-eyes")
+    t = resolve_target(p, "zombie", src="photo")
+    assert (t.src, t.trg) == ("photo", "zombie")  # a single word far from any key is free text
+    assert resolve_target(p, "smiling", src="face").key == "smiling"  # the same source text is fine
+
+
+def test_unknown_edit_and_conflicts() -> None:
+    p = _preset()
+    with pytest.raises(UnknownEditError, match="Did you mean 'smiling'"):
+        resolve_target(p, "smilling")
+    with pytest.raises(UnknownEditError, match="no edit named 'red_hair'"):
+        resolve_target(p, "red_hair")
+    with pytest.raises(ConfigError, match="--src cannot be combined with the named edit 'smiling'"):
+        resolve_target(p, "smiling", src="person")
+    with pytest.raises(ConfigError, match="--to is empty"):
+        resolve_target(p, "  ")
+
+
+def test_slugify() -> None:
+    assert slugify("  Person with CURLY hair ") == "person-with-curly-hair"
+    assert slugify("!!!") == "edit"
+    assert len(slugify("x" * 100)) == 48
+
+
+# --- inputs and outputs -----------------------------------------------------------------------------------------
+
+
+def test_expand_inputs(tmp_path: Path) -> None:
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for name in ("b.png", "a.jpg", "notes.txt"):
+        (d / name).write_bytes(b"x")
+    single = tmp_path / "c.png"
+    single.write_bytes(b"x")
+    assert expand_inputs([d, single, d / "a.jpg"]) == [d / "a.jpg", d / "b.png", single]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageError, match="contains no images"):
+        expand_inputs([tmp_path / "empty"])
+    with pytest.raises(ImageError, match="does not exist"):
+        expand_inputs([tmp_path / "nope.png"])
+
+
+def test_plan_outputs_naming(tmp_path: Path) -> None:
+    img = tmp_path / "photo.png"
+    img.write_bytes(b"x")
+    [plan] = plan_outputs([img], "smiling", compare=True)
+    assert plan.image == tmp_path / "photo.smiling.png"
+    assert plan.sidecar == tmp_path / "photo.smiling.json"
+    assert plan.compare == tmp_path / "photo.smiling.compare.png"
+    [plan] = plan_outputs([img], "smiling", tmp_path / "out", kind="sweep")
+    assert plan.image == tmp_path / "out" / "photo.smiling.sweep.png" and plan.compare is None
+    assert plan.sidecar == tmp_path / "out" / "photo.smiling.json"
+    assert not (tmp_path / "out").exists()  # planning creates nothing
+    [plan] = plan_outputs([img], "translate", tmp_path / "res.png", intermediates=2, compare=True)
+    assert plan.image == tmp_path / "res.png" and plan.sidecar == tmp_path / "res.json"
+    assert plan.compare == tmp_path / "res.compare.png"
+    assert plan.intermediates == (tmp_path / "res.round01.png", tmp_path / "res.round02.png")
+
+
+def test_plan_outputs_refusals(tmp_path: Path) -> None:
+    a, b = tmp_path / "a" / "photo.png", tmp_path / "b" / "photo.png"
+    for p in (a, b):
+        p.parent.mkdir()
+        p.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="names one file but 2 images"):
+        plan_outputs([a, b], "smiling", tmp_path / "x.png")
+    with pytest.raises(ConfigError, match="does not end in .png"):
+        plan_outputs([a], "smiling", tmp_path / "x.jpg")
+    with pytest.raises(ConfigError, match="would both be written to"):
+        plan_outputs([a, b], "smiling", tmp_path / "out")
+    with pytest.raises(ConfigError, match="would replace an input"):
+        plan_outputs([a], "smiling", a)
+    (tmp_path / "a" / "photo.smiling.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match="photo.smiling.json already exists"):
+        plan_outputs([a], "smiling")
+    assert plan_outputs([a], "smiling", overwrite=True)[0].sidecar.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_plan_outputs_unwritable(tmp_path: Path) -> None:
+    a = tmp_path / "photo.png"
+    a.write_bytes(b"x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(OutputError, match="is not writable"):
+            plan_outputs([a], "smiling", locked / "sub")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_plan_outputs_directory_under_a_file(tmp_path: Path) -> None:
+    a = tmp_path / "photo.png"
+    a.write_bytes(b"x")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a directory")
+    with pytest.raises(OutputError, match="blocker is a file"):
+        plan_outputs([a], "smiling", blocker / "sub")
