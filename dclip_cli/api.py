@@ -6,7 +6,50 @@ import torch.
 
 from __future__ import annotations
 
+from dclip_cli.artifacts import load_artifact, read_artifact, save_artifact
+from dclip_cli.checkpoints.cache import checkpoint_path
+from dclip_cli.checkpoints.download import fetch as fetch_checkpoint
+from dclip_cli.checkpoints.download import manual_hint
+from dclip_cli.checkpoints.store import (
+    all_specs,
+    get_spec,
+    list_edits,
+    list_models,
+    model_path,
+    verify_cached,
+)
+from dclip_cli.checkpoints.store import import_file as import_checkpoint
+from dclip_cli.checkpoints.store import remove as remove_checkpoint
+from dclip_cli.checkpoints.store import verify as verify_checkpoint
 from dclip_cli.device import resolve_device
+from dclip_cli.finetune import FinetuneConfig, finetune, run_finetune
+from dclip_cli.images import image_grid, load_and_prepare, load_image, sample_image_path, save_image
 from dclip_cli.presets.manager import get_registry
 
-__all__ = ["get_registry", "resolve_device"]
+__all__ = [
+    "FinetuneConfig",
+    "finetune",
+    "load_artifact",
+    "read_artifact",
+    "run_finetune",
+    "save_artifact",
+    "all_specs",
+    "checkpoint_path",
+    "fetch_checkpoint",
+    "get_registry",
+    "get_spec",
+    "image_grid",
+    "import_checkpoint",
+    "list_edits",
+    "list_models",
+    "load_and_prepare",
+    "load_image",
+    "manual_hint",
+    "model_path",
+    "remove_checkpoint",
+    "resolve_device",
+    "sample_image_path",
+    "save_image",
+    "verify_cached",
+    "verify_checkpoint",
+]

@@ -179,10 +179,16 @@ def save_artifact(
         if value.is_floating_point():
             value = value.to(target)
         tensors[name] = value.contiguous().clone()  # clone: safetensors refuses shared storage
-    header = {"format": ARTIFACT_FORMAT, "format_version": str(ARTIFACT_VERSION), METADATA_KEY: json.dumps(meta)}
+    header = {
+        "format": ARTIFACT_FORMAT,
+        "format_version": str(ARTIFACT_VERSION),
+        METADATA_KEY: json.dumps(meta),
+    }
     for flat in FLAT_KEYS:
         if meta.get(flat) is not None:
             header[flat] = str(meta[flat])
+    if meta.get("arch_config") is not None:  # what load_diffusion_model reads to rebuild the network
+        header["arch_config"] = json.dumps(meta["arch_config"], sort_keys=True)
     with atomic_path(dest, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp), metadata=header)
     return dest
@@ -230,25 +236,24 @@ def read_artifact(path: str | os.PathLike[str]) -> ArtifactInfo:
 
 
 def _read_tensors(info: ArtifactInfo) -> dict[str, torch.Tensor]:
-    if info.path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(info.path), device="cpu")
-        except Exception as exc:
-            raise CheckpointError(f"{info.path} cannot be read: {exc}.") from exc
     from dclip_cli.models.io import load_state_dict_file
 
     return load_state_dict_file(info.path)
 
 
-def _base_sha(base_model: nn.Module, explicit: str | None) -> str | None:
+def base_sha256_of(base_model: nn.Module, explicit: str | None = None) -> str | None:
+    """SHA-256 of the file a base model was loaded from: ``explicit``, its ``sha256`` attribute, or the hash of its
+    ``source`` file (memoised per process), else ``None``."""
     if explicit:
         return explicit
-    for attr in ("sha256", "checkpoint_sha256"):
-        value = getattr(base_model, attr, None)
-        if isinstance(value, str) and value:
-            return value
+    value = getattr(base_model, "sha256", None)
+    if isinstance(value, str) and value:
+        return value
+    source = getattr(base_model, "source", None)
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+        from dclip_cli.manifest import file_sha256
+
+        return file_sha256(source)
     return None
 
 
@@ -261,8 +266,8 @@ def check_compatible(info: ArtifactInfo, base_model: nn.Module, *, base_sha256: 
     meta = info.metadata
     name = info.path.name
     made_for = meta.get("base_checkpoint") or "another base model"
-    base_sha = _base_sha(base_model, base_sha256)
     art_sha = meta.get("base_sha256")
+    base_sha = base_sha256_of(base_model, base_sha256) if art_sha else None
     if base_sha and art_sha and base_sha != art_sha:
         raise IncompatibleModelError(
             f"{name} was fine-tuned from {made_for} (sha256 {art_sha[:12]}…), but the base model loaded now has "
@@ -279,7 +284,11 @@ def check_compatible(info: ArtifactInfo, base_model: nn.Module, *, base_sha256: 
         )
     base_config = getattr(base_model, "config", None)
     art_config = meta.get("arch_config")
-    if base_config is not None and art_config is not None and _canonical(base_config) != _canonical(art_config):
+    if (
+        base_config is not None
+        and art_config is not None
+        and _canonical(base_config) != _canonical(art_config)
+    ):
         diff = sorted(
             k
             for k in set(_canonical(base_config)) | set(_canonical(art_config))
@@ -292,7 +301,9 @@ def check_compatible(info: ArtifactInfo, base_model: nn.Module, *, base_sha256: 
         )
 
 
-def _check_state_dict(info: ArtifactInfo, state: Mapping[str, torch.Tensor], reference: Mapping[str, Any]) -> None:
+def _check_state_dict(
+    info: ArtifactInfo, state: Mapping[str, torch.Tensor], reference: Mapping[str, Any]
+) -> None:
     missing = [k for k in reference if k not in state]
     unexpected = [k for k in state if k not in reference]
     wrong = [k for k in reference if k in state and tuple(state[k].shape) != tuple(reference[k].shape)]
@@ -305,7 +316,9 @@ def _check_state_dict(info: ArtifactInfo, state: Mapping[str, torch.Tensor], ref
         parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
     if wrong:
         k = wrong[0]
-        parts.append(f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(reference[k].shape)})")
+        parts.append(
+            f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(reference[k].shape)})"
+        )
     raise IncompatibleModelError(
         f"{info.path.name} does not fit the base model's architecture: {'; '.join(parts)} keys.",
         hint="Load it on the base it was fine-tuned from (for official models: the preset of its domain).",
@@ -321,8 +334,9 @@ def load_artifact(
     """Load a fine-tuned model (dclip ``.safetensors`` or official ``.pth``) on top of ``base_model``.
 
     A copy of ``base_model`` receives the fine-tuned weights (cast to the base's dtypes, on its device); the base
-    itself is not modified. The returned model has an ``artifact`` attribute (:class:`ArtifactInfo`) and its
-    ``sha256`` attribute, if any, is cleared (it no longer describes the loaded weights).
+    itself is not modified. The returned model has an ``artifact`` attribute (:class:`ArtifactInfo`) and a
+    ``base_sha256`` attribute; its ``source`` and ``sha256`` attributes, if any, are cleared (they described the
+    base file, not these weights).
 
     Args:
         path: the artifact.
@@ -345,11 +359,11 @@ def load_artifact(
     _check_state_dict(info, state, reference)
     converted = {k: v.to(device=reference[k].device, dtype=reference[k].dtype) for k, v in state.items()}
     unet.load_state_dict(converted, strict=True)
-    if hasattr(tuned, "sha256"):
-        try:
-            tuned.sha256 = None
-        except (AttributeError, TypeError):  # a read-only property
-            pass
+    # the copy no longer holds the weights of the base file
+    for attr in ("sha256", "source"):
+        if attr in tuned.__dict__:
+            tuned.__dict__[attr] = None
+    tuned.base_sha256 = info.base_sha256 or base_sha256 or getattr(base_model, "sha256", None)
     tuned.artifact = info
     tuned.eval()
     return tuned

@@ -19,10 +19,10 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dclip_cli.errors import (
     ConfigError,
@@ -459,3 +459,1090 @@ def plan_outputs(
                 hint="Pass --overwrite to replace it, or choose another output with -o.",
             )
     return plans
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reporting (the library stays silent; the CLI renders these with Rich)
+# ---------------------------------------------------------------------------------------------------------------
+
+DownloadCallback = Callable[[int, "int | None"], None]
+
+
+class Reporter:
+    """Receives what the pipelines have to say. This base class ignores everything; the CLI subclasses it.
+
+    Phases passed to :meth:`progress` are ``"fine-tuning"``, ``"inversion"``, ``"reconstruction"``,
+    ``"generation"`` and ``"translation"``; ``total`` is the number of model calls of the phase.
+    """
+
+    def info(self, message: str) -> None:
+        """A status line (which domain, which edit model, what was written)."""
+
+    def warn(self, message: str) -> None:
+        """Something the user should know that did not stop the run."""
+
+    def progress(self, phase: str, *, advance: int = 1, total: int | None = None, status: str = "") -> None:
+        """``advance`` more units of ``phase`` were done (``total`` sets or updates the length)."""
+
+    def download(self, name: str) -> DownloadCallback | None:
+        """An ``on_progress(done, total)`` callback for downloading checkpoint ``name``, or ``None``."""
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# settings and loaded models
+# ---------------------------------------------------------------------------------------------------------------
+
+DEFAULT_CLIP_MODEL = "ViT-B/16"
+ALL_METRICS = ("clip", "lpips", "identity", "psnr")
+DEFAULT_BATCH_SIZE = 4
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """Parse ``--metrics`` (``all``, ``none`` or a comma list of ``clip,lpips,identity,psnr``)."""
+    value = text.strip().lower()
+    if value in ("", "all"):
+        return ALL_METRICS
+    if value == "none":
+        return ()
+    chosen = []
+    for index, part in enumerate(p.strip() for p in value.split(",")):
+        if part not in ALL_METRICS:
+            raise ConfigError(
+                f'--metrics item {index + 1} "{part}" is not a metric.',
+                hint=f"Use all, none, or a comma list of {', '.join(ALL_METRICS)}.",
+            )
+        if part not in chosen:
+            chosen.append(part)
+    return tuple(chosen)
+
+
+@dataclass
+class LoadedModel:
+    """A diffusion model together with where it came from (for messages and the sidecar).
+
+    Args:
+        model: the eps-model (:class:`~dclip_cli.models.DiffusionModel`).
+        role: ``base`` or ``edit``.
+        name: registry name, library name or file name.
+        path: file it was loaded from (``None`` for a model fine-tuned and not saved).
+        sha256: SHA-256 of that file.
+        source: how it was obtained: ``preset``, ``model-file``, ``model-name``, ``library``, ``official`` or
+            ``finetuned``.
+        t0: return step it was fine-tuned for, when known.
+        src_text: source text it was fine-tuned with, when known.
+        trg_text: target text, when known.
+    """
+
+    model: Any
+    role: str
+    name: str
+    path: Path | None
+    sha256: str | None
+    source: str
+    t0: int | None = None
+    src_text: str | None = None
+    trg_text: str | None = None
+
+    def record(self, role: str | None = None) -> dict[str, Any]:
+        from dclip_cli.manifest import model_record
+
+        extra: dict[str, Any] = {"source": self.source}
+        if self.role != "base":
+            extra.update({"t0": self.t0, "src_text": self.src_text, "trg_text": self.trg_text})
+        return model_record(role or self.role, self.name, path=self.path, sha256=self.sha256, **extra)
+
+
+_SOURCE_WORDS = {
+    "model-file": "the file given with --model",
+    "model-name": "the model named with --model",
+    "library": "your edit library",
+    "official": "the official DiffusionCLIP checkpoint",
+    "finetuned": "a model fine-tuned just now",
+}
+
+
+def describe_source(m: LoadedModel) -> str:
+    """One sentence saying which edit model is used and where it came from."""
+    where = _SOURCE_WORDS.get(m.source, m.source)
+    path = f" ({m.path})" if m.path is not None else ""
+    t0 = f", t0 {m.t0}" if m.t0 is not None else ""
+    return f"Edit model: {where}{path}{t0}."
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Resolved DDIM settings of a run.
+
+    Args:
+        t0: return step.
+        n_inv_steps: points of the inversion sequence.
+        n_gen_steps: points of the generation sequence.
+        eta: DDIM η of generation.
+        seed: seed of the η noise and of translation's q-sample noise.
+    """
+
+    t0: int
+    n_inv_steps: int
+    n_gen_steps: int
+    eta: float = 0.0
+    seed: int = 0
+
+    def generator(self, device: Any, offset: int = 0) -> Any:
+        import torch
+
+        return torch.Generator(device=device).manual_seed(self.seed + offset)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# session: registry, device, lazily loaded networks
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InputImage:
+    """One readable input, prepared at the model size: ``x0`` is (1, 3, S, S) in [-1, 1]."""
+
+    path: Path
+    x0: Any
+    info: dict[str, Any]
+
+
+class Session:
+    """What one command run shares: the preset registry, the device, and networks loaded once.
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda``, ... (see :func:`dclip_cli.device.resolve_device`).
+        clip_model: CLIP name or file for detection, fine-tuning and metrics.
+        reporter: where messages and progress go.
+    """
+
+    def __init__(
+        self, *, device: str | None = "auto", clip_model: str = DEFAULT_CLIP_MODEL, reporter: Reporter | None = None
+    ) -> None:
+        from dclip_cli.device import resolve_device
+        from dclip_cli.presets.manager import get_registry
+
+        self.device = resolve_device(device)
+        self.clip_model = clip_model
+        self.reporter = reporter or Reporter()
+        self.registry = get_registry()
+        self._clip: Any = None
+        self._bases: dict[str, LoadedModel] = {}
+        self._lpips: Any = None
+        self._identity: dict[str, Any] = {}
+        self.extra_models: list[dict[str, Any]] = []
+
+    # -- files ---------------------------------------------------------------------------------------------------
+
+    def fetch(self, name: str) -> Path:
+        """Fetch a registry checkpoint (downloading with progress when needed)."""
+        from dclip_cli.checkpoints import download
+
+        return Path(download.fetch(name, on_progress=self.reporter.download(name)))
+
+    def known_sha256(self, path: Path) -> str:
+        """SHA-256 of a checkpoint: from the cache's record when there is one, else hashed (memoised)."""
+        from dclip_cli.checkpoints import cache
+        from dclip_cli.manifest import file_sha256
+
+        meta = cache.read_meta(path)
+        if meta is not None and meta.sha256 and meta.size == path.stat().st_size:
+            return meta.sha256
+        return file_sha256(path)
+
+    # -- presets ------------------------------------------------------------------------------------------------
+
+    def preset(self, name: str) -> Preset:
+        return self.registry.preset(name)
+
+    def presets(self) -> list[Preset]:
+        return [self.registry.presets[n] for n in sorted(self.registry.presets) if n not in self.registry.duplicates]
+
+    # -- networks -----------------------------------------------------------------------------------------------
+
+    def clip(self) -> Any:
+        """The CLIP model (loaded on first use)."""
+        if self._clip is None:
+            from dclip_cli.losses.clip import load_clip
+
+            self._clip = load_clip(self.clip_model, device=self.device)
+            self.reporter.info(f"Loaded CLIP {self.clip_model}.")
+        return self._clip
+
+    def clip_record(self) -> dict[str, Any]:
+        from dclip_cli.manifest import model_record
+
+        path = Path(self.clip_model)
+        if path.is_file():
+            return model_record("clip", path.name, path=path)
+        try:
+            from dclip_cli.checkpoints import cache
+            from dclip_cli.checkpoints.store import get_spec
+            from dclip_cli.losses.clip import clip_registry_name
+
+            spec = get_spec(clip_registry_name(self.clip_model))
+            cached = cache.checkpoint_path(spec)
+            if cached.is_file():
+                return model_record("clip", spec.name, path=cached, sha256=self.known_sha256(cached))
+            return model_record("clip", spec.name, sha256=spec.sha256)
+        except Exception:  # the record is informative only
+            return model_record("clip", self.clip_model)
+
+    def base(self, preset: Preset) -> LoadedModel:
+        """The preset's base diffusion model (fetched and loaded once per session)."""
+        loaded = self._bases.get(preset.name)
+        if loaded is None:
+            from dclip_cli.models import load_diffusion_model
+
+            path = self.fetch(preset.checkpoint)
+            sha = self.known_sha256(path)
+            model = load_diffusion_model(path, arch=preset.arch, config=preset.arch_config, device=self.device)
+            model.sha256 = sha  # lets artifacts check that an edit model belongs to this base
+            model.requires_grad_(False)
+            loaded = LoadedModel(model, "base", preset.checkpoint, path, sha, "preset")
+            self._bases[preset.name] = loaded
+        return loaded
+
+    def lpips(self) -> Any:
+        if self._lpips is None:
+            from dclip_cli.losses.lpips import LPIPSLoss
+
+            self._lpips = LPIPSLoss().to(self.device)
+        return self._lpips
+
+    def identity(self, preset: Preset) -> Any | None:
+        """The preset's identity network (faces), or ``None`` when the preset has none."""
+        name = preset.identity_model
+        if not name:
+            return None
+        if name not in self._identity:
+            ident = self.registry.identity_models.get(name)
+            if ident is None:
+                raise ConfigError(
+                    f"Preset {preset.name!r} names the identity model {name!r}, which no plugin registers."
+                )
+            weights = self.fetch(ident.checkpoint)
+            self._identity[name] = ident.build(weights, self.device)
+            from dclip_cli.manifest import model_record
+
+            self.extra_models.append(model_record("identity", ident.checkpoint, path=weights))
+        return self._identity[name]
+
+    def metric_models(self, preset: Preset | None, wanted: Sequence[str]) -> Any:
+        """Load the networks for the ``wanted`` metrics; one that cannot be loaded is skipped with a warning."""
+        from dclip_cli.errors import DclipError
+        from dclip_cli.metrics import MetricModels
+
+        models = MetricModels()
+        if "clip" in wanted:
+            try:
+                models.clip = self.clip()
+            except DclipError as exc:
+                self.reporter.warn(f"CLIP metrics skipped: {exc.message}")
+        if "lpips" in wanted:
+            try:
+                lp = self.lpips()
+                models.lpips = lp.per_sample
+            except DclipError as exc:
+                self.reporter.warn(f"LPIPS skipped: {exc.message}")
+        if "identity" in wanted and preset is not None:
+            try:
+                models.identity = self.identity(preset)
+            except DclipError as exc:
+                self.reporter.warn(f"Identity similarity skipped: {exc.message}")
+        return models
+
+    # -- inputs -------------------------------------------------------------------------------------------------
+
+    def load_inputs(self, paths: Sequence[Path], size: int, preset: Preset | None = None) -> tuple[
+        list[InputImage], list[tuple[Path, str]]
+    ]:
+        """Load and prepare every input; unreadable ones are returned as ``(path, reason)`` instead."""
+        from dclip_cli import images
+
+        aligner = None
+        if preset is not None and preset.preprocess == "align" and preset.aligner:
+            aligner = self.registry.aligners.get(preset.aligner)
+            if aligner is None:
+                self.reporter.warn(
+                    f"Preset {preset.name!r} asks for the aligner {preset.aligner!r}, which no plugin registers; "
+                    "using a centre crop."
+                )
+        ok: list[InputImage] = []
+        failed: list[tuple[Path, str]] = []
+        for path in paths:
+            try:
+                x0, info = images.load_and_prepare(path, size, aligner=aligner)
+            except ImageError as exc:
+                failed.append((path, exc.message))
+                continue
+            for w in info.get("warnings", []):
+                self.reporter.warn(w)
+            ok.append(InputImage(path, x0, info))
+        return ok, failed
+
+    def choose_preset(self, domain: str | None, inputs: Sequence[InputImage], label: str) -> tuple[Preset, Any]:
+        """``--domain`` when given, else CLIP zero-shot detection over the installed presets' domain prompts."""
+        from dclip_cli.detect import Detection, detect_domain
+
+        if domain is not None:
+            preset = self.preset(domain)
+            return preset, Detection(preset.name, 1.0, {preset.name: 1.0}, method="requested")
+        import torch
+
+        presets = self.presets()
+        clip = self.clip() if len(presets) > 1 else None
+        x = torch.cat([inp.x0 for inp in inputs]).to(self.device) if inputs else None
+        if x is None:
+            raise ImageError("No readable input image was left to detect the domain from.")
+        detection = detect_domain(clip, x, presets, label=label)
+        self.reporter.info(f"Using {detection.describe()}.")
+        return self.preset(detection.preset), detection
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# edit-model resolution: --model -> library -> official checkpoint -> fine-tune now
+# ---------------------------------------------------------------------------------------------------------------
+
+#: samples drawn from the base model, beside the input images, by the quick on-the-fly fine-tuning
+QUICK_SAMPLES = 8
+
+_MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+
+
+def _artifact_model(
+    session: Session, path: Path, base: LoadedModel, *, name: str, source: str, sha256: str | None = None
+) -> LoadedModel:
+    from dclip_cli.artifacts import load_artifact
+
+    model = load_artifact(path, base.model, base_sha256=base.sha256)
+    model.requires_grad_(False)
+    meta = getattr(getattr(model, "artifact", None), "metadata", {}) or {}
+    t0 = meta.get("t0")
+    return LoadedModel(
+        model,
+        "edit",
+        name,
+        path,
+        sha256 or session.known_sha256(path),
+        source,
+        t0=int(t0) if t0 is not None else None,
+        src_text=meta.get("src_text"),
+        trg_text=meta.get("trg_text"),
+    )
+
+
+def find_library_match(preset: Preset, src_text: str, trg_text: str, *, base_sha256: str | None, t0: int) -> Path | None:
+    """The newest artifact in the edit library made for this preset's base with these texts and this t0.
+
+    An artifact matches when its metadata records the same source and target text and the same t0, and was made
+    from the same base checkpoint (its SHA-256 when recorded, else the preset's checkpoint name).
+    """
+    from dclip_cli.artifacts import read_artifact
+    from dclip_cli.checkpoints import cache
+    from dclip_cli.errors import DclipError
+
+    matches: list[tuple[float, Path]] = []
+    for name, path in cache.list_library():
+        if not name.startswith(f"{preset.name}/"):
+            continue
+        try:
+            info = read_artifact(path)
+        except DclipError:
+            continue
+        meta = info.metadata
+        if meta.get("src_text") != src_text or meta.get("trg_text") != trg_text:
+            continue
+        if meta.get("t0") is None or int(meta["t0"]) != t0:
+            continue
+        art_sha = meta.get("base_sha256")
+        if art_sha and base_sha256:
+            if art_sha != base_sha256:
+                continue
+        elif meta.get("base_checkpoint") not in (None, preset.checkpoint):
+            continue
+        matches.append((path.stat().st_mtime, path))
+    return max(matches)[1] if matches else None
+
+
+def _library_output(preset: Preset, key: str, t0: int) -> tuple[Path | None, bool]:
+    """Where on-the-fly fine-tuning stores its artifact: ``<preset>/<key>`` in the library, or, when that name is
+    taken by an artifact with other settings, a free ``<preset>/<key>_t<t0>[-n].safetensors`` beside it."""
+    from dclip_cli.checkpoints import cache
+
+    default = cache.library_path(f"{preset.name}/{key}")
+    if not default.exists():
+        return None, True
+    candidate = default.with_name(f"{key}_t{t0}.safetensors")
+    n = 2
+    while candidate.exists():
+        candidate = default.with_name(f"{key}_t{t0}-{n}.safetensors")
+        n += 1
+    return candidate, False
+
+
+def resolve_edit_model(
+    session: Session,
+    preset: Preset,
+    target: EditTarget,
+    *,
+    t0: int,
+    n_inv_steps: int,
+    n_gen_steps: int,
+    model: str | None = None,
+    allow_finetune: bool = True,
+    finetune_images: Sequence[Path] = (),
+    finetune_samples: int = QUICK_SAMPLES,
+    seed: int = 0,
+) -> LoadedModel:
+    """Find or make the model that performs ``target`` on ``preset``'s base, in this order:
+
+    1. ``model``: a file (dclip ``.safetensors`` artifact or official ``.pth``), a library name
+       (``face/pixar``) or a registry name of a fine-tuned checkpoint;
+    2. an artifact in the user's edit library with the same texts, t0 and base (:func:`find_library_match`);
+    3. for a named edit with an official fine-tuned checkpoint: that checkpoint (downloaded);
+    4. fine-tune now with the preset's recipe, quickly (one epoch on ``finetune_images`` plus
+       ``finetune_samples`` samples of the base model), and store the result in the library, so the next edit with
+       the same text is only inversion and generation.
+
+    The path taken is reported through ``session.reporter`` and recorded in the result's ``source``.
+
+    Raises:
+        CheckpointError: ``model`` names no file, library entry or registry checkpoint; or an artifact does not fit
+            the base (``IncompatibleModelError``).
+        ConfigError: fine-tuning would be needed but ``allow_finetune`` is false.
+    """
+    from dclip_cli.errors import CheckpointError, DclipError, UnknownCheckpointError
+
+    base = session.base(preset)
+    reporter = session.reporter
+    # 1. --model FILE|NAME
+    if model is not None:
+        path = Path(model).expanduser()
+        if path.is_file():
+            loaded = _artifact_model(session, path, base, name=path.name, source="model-file")
+        elif path.is_dir():
+            raise CheckpointError(f"--model {model} is a directory, not a model file.", hint="Pass the file.")
+        elif model.lower().endswith(_MODEL_FILE_SUFFIXES) or model.startswith(("./", "../", "/", "~")):
+            raise CheckpointError(
+                f"The model file {model} does not exist.",
+                hint="Check the path, or pass a library name such as face/pixar ('dclip models list').",
+            )
+        else:
+            from dclip_cli.checkpoints import cache
+
+            lib = cache.find_library_file(model) if "/" in model else None
+            if lib is not None:
+                loaded = _artifact_model(session, lib, base, name=model, source="model-name")
+            else:
+                try:
+                    fetched = session.fetch(model)
+                except UnknownCheckpointError as exc:
+                    raise UnknownCheckpointError(
+                        f"--model {model!r} is neither a file, an edit in your library, nor a registered checkpoint.",
+                        hint="Run 'dclip models list' to see the library and the registry.",
+                    ) from exc
+                loaded = _artifact_model(session, fetched, base, name=model, source="model-name")
+        reporter.info(describe_source(loaded))
+        return loaded
+
+    # 2. the edit library
+    match = find_library_match(preset, target.src, target.trg, base_sha256=base.sha256, t0=t0)
+    if match is not None:
+        from dclip_cli.checkpoints import cache
+
+        name = f"{preset.name}/{match.stem}"
+        loaded = _artifact_model(session, match, base, name=name, source="library")
+        reporter.info(describe_source(loaded))
+        return loaded
+
+    # 3. the official fine-tuned checkpoint of a named edit
+    if target.edit is not None and target.edit.checkpoint:
+        try:
+            fetched = session.fetch(target.edit.checkpoint)
+            loaded = _artifact_model(session, fetched, base, name=target.edit.checkpoint, source="official")
+            if loaded.t0 is None:
+                loaded.t0 = target.edit.t0
+            loaded.src_text, loaded.trg_text = target.src, target.trg
+            reporter.info(describe_source(loaded))
+            return loaded
+        except (CheckpointError, OSError) as exc:
+            detail = exc.message if isinstance(exc, DclipError) else str(exc)
+            if not allow_finetune:
+                raise
+            reporter.warn(f"The official model for {target.key!r} is not available ({detail}); fine-tuning instead.")
+
+    # 4. fine-tune now and store in the library
+    if not allow_finetune:
+        raise ConfigError(
+            f"No fine-tuned model for {target.label} on preset {preset.name!r} was found, and fine-tuning is "
+            "switched off.",
+            hint="Drop --no-finetune to fine-tune one now, run 'dclip finetune', or pass --model.",
+        )
+    return _finetune_now(
+        session,
+        preset,
+        target,
+        base,
+        t0=t0,
+        n_inv_steps=n_inv_steps,
+        n_gen_steps=n_gen_steps,
+        images=finetune_images,
+        n_samples=finetune_samples,
+        seed=seed,
+    )
+
+
+def _finetune_now(
+    session: Session,
+    preset: Preset,
+    target: EditTarget,
+    base: LoadedModel,
+    *,
+    t0: int,
+    n_inv_steps: int,
+    n_gen_steps: int,
+    images: Sequence[Path],
+    n_samples: int,
+    seed: int,
+) -> LoadedModel:
+    """Path 4 of :func:`resolve_edit_model`, through :func:`dclip_cli.finetune.run_finetune`."""
+    from dclip_cli.finetune import resolve_pairs, run_finetune
+    from dclip_cli.losses.clip import DirectionalCLIPLoss
+
+    reporter = session.reporter
+    if target.key is not None:
+        pair = resolve_pairs(preset, edits=[target.key])[0]
+    else:
+        pair = resolve_pairs(preset, texts=[target.trg], src_text=target.src)[0]
+    output, to_library = _library_output(preset, pair.key, t0)
+    n_images = len(images) + n_samples
+    reporter.info(
+        f"No fine-tuned model for {target.label} yet: fine-tuning one now on {n_images} image(s) "
+        f"(t0 {t0}, 1 epoch); it is saved to your edit library for next time."
+    )
+    totals: dict[str, int] = {}
+
+    def on_event(event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind == "warning":
+            reporter.warn(str(event.get("message")))
+        elif kind == "status":
+            reporter.info(str(event.get("message")))
+        elif kind == "step":
+            total = int(event.get("epochs", 1)) * int(event.get("batches", 1)) * int(event.get("steps", 1))
+            losses = event.get("losses") or {}
+            status = f"loss {losses['total']:.4f}" if "total" in losses else ""
+            first = "fine-tuning" not in totals
+            totals["fine-tuning"] = total
+            reporter.progress("fine-tuning", total=total if first else None, status=status)
+        elif kind == "download":
+            cb = reporter.download(str(event.get("name")))
+            if cb is not None:
+                cb(int(event.get("done", 0)), event.get("total"))
+
+    result = run_finetune(
+        preset,
+        edits=[target.key] if target.key is not None else (),
+        texts=[target.trg] if target.key is None else (),
+        src_text=target.src if target.key is None else None,
+        images=list(images) if images else None,
+        n_samples=n_samples,
+        overrides={"t0": t0, "n_inv_steps": n_inv_steps, "n_gen_steps": n_gen_steps, "epochs": 1, "seed": seed},
+        base_model=base.model,
+        base_checkpoint=base.name,
+        base_sha256=base.sha256,
+        clip_model=session.clip_model,
+        clip_loss=DirectionalCLIPLoss(session.clip()),
+        device=session.device,
+        output=output,
+        library=to_library,
+        n_preview=0,
+        return_models=True,
+        callback=on_event,
+    )
+    pair_result = result.pairs[0]
+    path = pair_result.artifacts[0]
+    tuned = pair_result.model
+    if tuned is None:  # pragma: no cover - return_models=True keeps it
+        from dclip_cli.artifacts import load_artifact
+
+        tuned = load_artifact(path, base.model, base_sha256=base.sha256)
+    tuned.requires_grad_(False)
+    tuned.eval()
+    loaded = LoadedModel(
+        tuned,
+        "edit",
+        f"{preset.name}/{path.stem}",
+        path,
+        session.known_sha256(path),
+        "finetuned",
+        t0=pair_result.config.t0,
+        src_text=pair.src_text,
+        trg_text=pair.trg_text,
+    )
+    reporter.info(f"Fine-tuned in {pair_result.seconds:.1f} s and saved to {path}.")
+    return loaded
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the pipelines
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImageResult:
+    """What one input produced.
+
+    Args:
+        input: the input file.
+        outputs: the files written.
+        metrics: metric values of the main output (see :mod:`dclip_cli.metrics`).
+        manifest: the sidecar document.
+    """
+
+    input: Path
+    outputs: OutputSet
+    metrics: dict[str, float]
+    manifest: dict[str, Any]
+
+
+@dataclass
+class RunReport:
+    """The outcome of :func:`edit_images`, :func:`mix_images` or :func:`translate_images`.
+
+    Args:
+        results: one entry per input that was processed.
+        failed: ``(input, reason)`` for each input that could not be read.
+        preset: the preset (domain) used.
+        detection: how the domain was chosen.
+        models: the diffusion models used (base first).
+    """
+
+    results: list[ImageResult]
+    failed: list[tuple[Path, str]]
+    preset: str
+    detection: Any
+    models: list[LoadedModel]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}.", hint="Use --batch-size 1.")
+    return batch_size
+
+
+def _prepare_run(
+    session: Session,
+    paths: Sequence[str | os.PathLike[str]],
+    domain: str | None,
+) -> tuple[Preset, Any, list[InputImage], list[tuple[Path, str]]]:
+    """Expand the inputs, pick the preset (``--domain`` or detection) and load the inputs at its size.
+
+    Unreadable inputs are reported and returned in the second list; if none is readable, the first problem is
+    raised.
+    """
+    inputs = expand_inputs(paths)
+    reporter = session.reporter
+    if domain is not None:
+        preset = session.preset(domain)
+        detection = None
+        ok, failed = session.load_inputs(inputs, preset.image_size, preset)
+    else:
+        from dclip_cli.losses.clip import ClipModel  # noqa: F401 - fail early if CLIP is broken
+
+        probe, failed = session.load_inputs(inputs, 224)
+        _raise_if_none_readable(probe, failed)
+        label = str(inputs[0]) if len(inputs) == 1 else f"{len(probe)} images"
+        preset, detection = session.choose_preset(None, probe, label)
+        ok, more = session.load_inputs([p.path for p in probe], preset.image_size, preset)
+        failed.extend(more)
+    for path, reason in failed:
+        reporter.warn(f"Skipping {path}: {reason}")
+    _raise_if_none_readable(ok, failed)
+    return preset, detection, ok, failed
+
+
+def _raise_if_none_readable(ok: Sequence[InputImage], failed: Sequence[tuple[Path, str]]) -> None:
+    if ok:
+        return
+    if len(failed) == 1:
+        path, reason = failed[0]
+        raise ImageError(reason, hint="Pass a PNG, JPEG or WebP image.")
+    raise ImageError(
+        f"None of the {len(failed)} inputs could be read.", hint="Pass PNG, JPEG or WebP images."
+    )
+
+
+def _settings_for(
+    preset: Preset,
+    *,
+    t0: int | None,
+    n_inv_steps: int | None,
+    n_gen_steps: int | None,
+    eta: float,
+    seed: int,
+) -> SamplingSettings:
+    from dclip_cli.diffusion.schedule import validate_t0
+
+    settings = SamplingSettings(
+        t0=t0 if t0 is not None else preset.t0,
+        n_inv_steps=n_inv_steps if n_inv_steps is not None else preset.n_inv_steps,
+        n_gen_steps=n_gen_steps if n_gen_steps is not None else preset.n_gen_steps,
+        eta=float(eta),
+        seed=int(seed),
+    )
+    validate_t0(settings.t0, settings.n_inv_steps)
+    validate_t0(settings.t0, settings.n_gen_steps)
+    if not math.isfinite(settings.eta) or settings.eta < 0:
+        raise ConfigError(f"--eta must be >= 0, got {eta}.", hint="Use --eta 0 for deterministic DDIM.")
+    return settings
+
+
+def _read_latent(path: Path, n_inputs: int) -> tuple[Any, dict[str, Any]]:
+    from dclip_cli.latents import load_latent
+
+    if n_inputs != 1:
+        raise ConfigError(
+            f"--latent gives the inversion of one image, but {n_inputs} images were given.",
+            hint="Pass the one image the latent was inverted from.",
+        )
+    x_lat, meta = load_latent(path)
+    if x_lat.dim() == 3:
+        x_lat = x_lat.unsqueeze(0)
+    return x_lat, dict(meta or {})
+
+
+def _phase_callback(reporter: Reporter, phase: str, total: int) -> Callable[[dict[str, Any]], None]:
+    state = {"first": True}
+
+    def callback(info: dict[str, Any]) -> None:
+        first = state["first"]
+        state["first"] = False
+        reporter.progress(phase, total=total if first else None, status=f"t = {info.get('t')}")
+
+    return callback
+
+
+def _clean(paths: Sequence[Path]) -> None:
+    import contextlib
+
+    for p in paths:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _invert_batch(
+    session: Session,
+    base: LoadedModel,
+    x0: Any,
+    settings: SamplingSettings,
+    total_calls: int,
+    latents: Any = None,
+) -> Any:
+    """DDIM inversion of a batch with the base model (reference section 5; always the base model, η = 0)."""
+    from dclip_cli.diffusion.ddim import invert
+
+    if latents is not None:
+        return latents.to(session.device)
+    return invert(
+        base.model,
+        x0,
+        t0=settings.t0,
+        n_steps=settings.n_inv_steps,
+        callback=_phase_callback(session.reporter, "inversion", total_calls),
+    )
+
+
+def _generate(
+    session: Session, model: Any, x_lat: Any, settings: SamplingSettings, phase: str, total: int
+) -> Any:
+    """DDIM generation from ``x_lat``; η noise from a generator seeded with ``settings.seed`` at every call, so
+    the base reconstruction and a strength-0 edit are the same computation."""
+    import torch
+
+    from dclip_cli.diffusion.ddim import generate
+
+    generator = settings.generator(session.device) if settings.eta > 0 else None
+    with torch.no_grad():
+        return generate(
+            model,
+            x_lat,
+            t0=settings.t0,
+            n_steps=settings.n_gen_steps,
+            eta=settings.eta,
+            generator=generator,
+            callback=_phase_callback(session.reporter, phase, total),
+        )
+
+
+def _strength_label(strength: float) -> str:
+    return f"strength {strength:g}"
+
+
+def edit_images(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    to: str,
+    src: str | None = None,
+    domain: str | None = None,
+    model: str | None = None,
+    strength: float = 1.0,
+    sweep: Sequence[float] | None = None,
+    t0: int | None = None,
+    n_inv_steps: int | None = None,
+    n_gen_steps: int | None = None,
+    eta: float = 0.0,
+    seed: int = 0,
+    latent: str | os.PathLike[str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    compare: bool = False,
+    output: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    metrics: Sequence[str] = ALL_METRICS,
+    allow_finetune: bool = True,
+    finetune_samples: int = QUICK_SAMPLES,
+    device: str | None = "auto",
+    clip_model: str = DEFAULT_CLIP_MODEL,
+    reporter: Reporter | None = None,
+    session: Session | None = None,
+) -> RunReport:
+    """Edit images with text: invert with the base model, generate with the edit model (reference 11.1).
+
+    Args:
+        paths: image files and/or directories of images.
+        to: a named edit of the preset (``smiling``) or free target text.
+        src: source text for free text (default: the preset's ``source_text``).
+        domain: preset name; detected with CLIP zero-shot when ``None``.
+        model: edit model file or name (skips the library, official checkpoint and fine-tuning).
+        strength: r in ε = r·ε_edit + (1 - r)·ε_base (the original's ``model_ratio``): 0 gives the base model's
+            reconstruction, 1 the full edit.
+        sweep: several strengths; writes one contact sheet per input instead of the edited image.
+        t0: return step (default: the edit model's, the named edit's, or the preset's).
+        n_inv_steps: inversion sequence points (default: the preset's).
+        n_gen_steps: generation sequence points (default: the preset's).
+        eta: DDIM η of generation.
+        seed: seed of the η noise (and of on-the-fly fine-tuning's samples).
+        latent: a latent file from ``dclip invert`` (one input only), skipping inversion.
+        batch_size: images per batch.
+        compare: also write ``input | reconstruction | edit`` side by side.
+        output: output file (one input) or directory; default: next to each input.
+        overwrite: replace existing outputs.
+        metrics: which metrics to compute (``clip``, ``lpips``, ``identity``, ``psnr``).
+        allow_finetune: fine-tune a model now when none is found (else raise).
+        finetune_samples: base-model samples added to the inputs for on-the-fly fine-tuning.
+        device: compute device.
+        clip_model: CLIP name or file.
+        reporter: receives messages and progress.
+        session: reuse a :class:`Session` (its device, CLIP and reporter win).
+
+    Returns:
+        A :class:`RunReport`; ``report.failed`` lists unreadable inputs (the others were edited).
+    """
+    import time
+
+    import torch
+
+    from dclip_cli import images
+    from dclip_cli.diffusion.mixing import blend
+    from dclip_cli.manifest import Timings, build_manifest, input_record, write_manifest
+    from dclip_cli.metrics import compute_metrics
+
+    # 1. everything that can be checked without a model
+    check_strength(strength)
+    strengths = list(sweep) if sweep else [strength]
+    for s in strengths:
+        check_strength(s)
+    if sweep and compare:
+        raise ConfigError(
+            "--compare cannot be combined with --sweep.",
+            hint="The sweep's contact sheet already shows the input and the reconstruction.",
+        )
+    _check_batch_size(batch_size)
+    metrics = tuple(metrics)
+    session = session or Session(device=device, clip_model=clip_model, reporter=reporter)
+    reporter = session.reporter
+    started = time.perf_counter()
+
+    # 2. inputs, domain, target, outputs (before any diffusion model is loaded)
+    preset, detection, inputs, failed = _prepare_run(session, paths, domain)
+    target = resolve_target(preset, to, src)
+    latent_x, latent_meta = (None, {})
+    if latent is not None:
+        latent_x, latent_meta = _read_latent(Path(latent), len(inputs))
+    plans = plan_outputs(
+        [inp.path for inp in inputs],
+        target.tag,
+        output,
+        kind="sweep" if sweep else None,
+        compare=compare,
+        overwrite=overwrite,
+    )
+    lat_t0 = latent_meta.get("t0")
+    if lat_t0 is not None and t0 is not None and int(lat_t0) != t0:
+        raise ConfigError(
+            f"The latent {latent} was inverted to t0 = {lat_t0}, but --t0 {t0} was given.",
+            hint="Drop --t0 (the latent's t0 is used), or invert again with 'dclip invert --t0'.",
+        )
+    wanted_t0 = t0 if t0 is not None else (int(lat_t0) if lat_t0 is not None else None)
+    if wanted_t0 is None and target.edit is not None and target.edit.t0 is not None:
+        wanted_t0 = target.edit.t0
+    lat_steps = latent_meta.get("n_steps") or latent_meta.get("n_inv_steps")
+    provisional = _settings_for(
+        preset,
+        t0=wanted_t0,
+        n_inv_steps=n_inv_steps if n_inv_steps is not None else (int(lat_steps) if lat_steps else None),
+        n_gen_steps=n_gen_steps,
+        eta=eta,
+        seed=seed,
+    )
+
+    # 3. the models
+    timings = Timings()
+    with timings.measure("model"):
+        base = session.base(preset)
+        edit_model = resolve_edit_model(
+            session,
+            preset,
+            target,
+            t0=provisional.t0,
+            n_inv_steps=provisional.n_inv_steps,
+            n_gen_steps=provisional.n_gen_steps,
+            model=model,
+            allow_finetune=allow_finetune,
+            finetune_images=[inp.path for inp in inputs],
+            finetune_samples=finetune_samples,
+            seed=seed,
+        )
+    settings = provisional
+    if wanted_t0 is None and edit_model.t0 is not None and edit_model.t0 != provisional.t0:
+        settings = _settings_for(
+            preset, t0=edit_model.t0, n_inv_steps=provisional.n_inv_steps, n_gen_steps=provisional.n_gen_steps,
+            eta=eta, seed=seed,
+        )  # fmt: skip
+    if latent_x is not None and tuple(latent_x.shape[-3:]) != tuple(inputs[0].x0.shape[-3:]):
+        raise ConfigError(
+            f"The latent {latent} has shape {tuple(latent_x.shape)}, which does not fit the preset's "
+            f"{preset.image_size}x{preset.image_size} images.",
+            hint=f"Invert the image with 'dclip invert --domain {preset.name}'.",
+        )
+    with timings.measure("model"):
+        metric_models = session.metric_models(preset, metrics)
+    need_rec = "psnr" in metrics or compare or bool(sweep)
+
+    # 4. invert, reconstruct, generate, score and write, batch by batch
+    batch_list = _batches(list(zip(inputs, plans)), batch_size)
+    n_batches = len(batch_list)
+    inv_total = (settings.n_inv_steps - 1) * n_batches if latent_x is None else 0
+    gen_total = settings.n_gen_steps * n_batches * len(strengths)
+    rec_total = settings.n_gen_steps * n_batches if need_rec else 0
+    base_model = base.model
+    results: list[ImageResult] = []
+    for batch in batch_list:
+        batch_timings = Timings()
+        x0 = torch.cat([inp.x0 for inp, _ in batch]).to(session.device)
+        with batch_timings.measure("inversion"):
+            x_lat = _invert_batch(session, base, x0, settings, inv_total, latent_x)
+        x_rec = None
+        if need_rec:
+            with batch_timings.measure("reconstruction"):
+                x_rec = _generate(session, base_model, x_lat, settings, "reconstruction", rec_total)
+        edits: list[Any] = []
+        with batch_timings.measure("generation"):
+            for s in strengths:
+                eps_model = edit_model.model if s == 1.0 else blend(base_model, edit_model.model, s)
+                edits.append(_generate(session, eps_model, x_lat, settings, "generation", gen_total))
+        with batch_timings.measure("metrics"):
+            rows_by_strength = [
+                compute_metrics(
+                    metric_models,
+                    x_src=x0,
+                    x_edit=x_edit,
+                    src_text=target.src,
+                    trg_text=target.trg,
+                    x_rec=x_rec if "psnr" in metrics else None,
+                )
+                for x_edit in edits
+            ]
+        for i, (inp, plan) in enumerate(batch):
+            written: list[Path] = []
+            try:
+                main_index = len(strengths) - 1
+                if sweep:
+                    panels = [x0[i], x_rec[i]] + [e[i] for e in edits]  # type: ignore[index]
+                    labels = ["input", "reconstruction"] + [_strength_label(s) for s in strengths]
+                    images.save_image(images.image_grid(panels, labels), plan.image, overwrite=overwrite)
+                else:
+                    images.save_image(edits[0][i], plan.image, overwrite=overwrite)
+                written.append(plan.image)
+                if plan.compare is not None:
+                    label = f"edit: {target.tag}" + (f" ({_strength_label(strength)})" if strength != 1 else "")
+                    panels = [x0[i], x_rec[i], edits[0][i]]  # type: ignore[index]
+                    grid = images.image_grid(panels, ["input", "reconstruction", label])
+                    images.save_image(grid, plan.compare, overwrite=overwrite)
+                    written.append(plan.compare)
+                row = rows_by_strength[main_index][i]
+                run_settings = {
+                    "domain": preset.name,
+                    "domain_detection": _detection_dict(detection),
+                    "to": to,
+                    "edit": target.key,
+                    "src_text": target.src,
+                    "trg_text": target.trg,
+                    "strength": strengths[main_index] if sweep else strength,
+                    "sweep": list(strengths) if sweep else None,
+                    "t0": settings.t0,
+                    "n_inv_steps": settings.n_inv_steps,
+                    "n_gen_steps": settings.n_gen_steps,
+                    "eta": settings.eta,
+                    "batch_size": batch_size,
+                    "latent": str(Path(latent).resolve()) if latent is not None else None,
+                    "edit_model_source": edit_model.source,
+                    "clip_model": session.clip_model,
+                    "metrics": list(metrics),
+                    "device": str(session.device),
+                    "preprocess": {k: v for k, v in inp.info.items() if k not in ("path", "image_sha256")},
+                }
+                models = [base.record(), edit_model.record()]
+                if metric_models.clip is not None:
+                    models.append(session.clip_record())
+                models.extend(session.extra_models)
+                extra = {}
+                if sweep:
+                    extra["sweep"] = [
+                        {"strength": s, "metrics": rows_by_strength[k][i]} for k, s in enumerate(strengths)
+                    ]
+                doc = build_manifest(
+                    command="edit",
+                    inputs=[input_record(inp.path)],
+                    outputs={"image": plan.image.resolve(), "compare": plan.compare, "sidecar": plan.sidecar},
+                    settings=run_settings,
+                    seed=seed,
+                    models=models,
+                    timings={**timings.phases, **batch_timings.phases, "total": time.perf_counter() - started},
+                    metrics=row,
+                    device=str(session.device),
+                    extra=extra,
+                )
+                write_manifest(plan.sidecar, doc, overwrite=overwrite)
+                written.append(plan.sidecar)
+            except BaseException:
+                _clean(written)
+                raise
+            results.append(ImageResult(inp.path, plan, row, doc))
+    return RunReport(results, failed, preset.name, detection, [base, edit_model])
+
+
+def _detection_dict(detection: Any) -> dict[str, Any] | None:
+    if detection is None:
+        return {"method": "requested"}
+    return {"method": detection.method, "confidence": detection.confidence, "scores": detection.scores}

@@ -86,6 +86,10 @@ class ImageError(DclipError, ValueError):
     """An input image is missing, unreadable, truncated or too small."""
 
 
+class LatentError(DclipError, ValueError):
+    """A latent file is unreadable, not a dclip latent, or was made for another model or settings."""
+
+
 class NoFaceFoundError(ImageError):
     """Face alignment was required but no face was found."""
 

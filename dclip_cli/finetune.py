@@ -115,34 +115,52 @@ class FinetuneConfig:
                 hint="Use --mode original (backprop through all steps) or --mode efficient (less memory).",
             )
         if not _is_int(self.epochs) or self.epochs < 1:
-            raise ConfigError(f"The number of epochs must be a positive integer, got {self.epochs!r}.",
-                              hint="Pass --epochs 1 or more.")
+            raise ConfigError(
+                f"The number of epochs must be a positive integer, got {self.epochs!r}.",
+                hint="Pass --epochs 1 or more.",
+            )
         if not _is_int(self.batch_size) or self.batch_size < 1:
-            raise ConfigError(f"The batch size must be a positive integer, got {self.batch_size!r}.",
-                              hint="Pass --batch-size 1 or more.")
+            raise ConfigError(
+                f"The batch size must be a positive integer, got {self.batch_size!r}.",
+                hint="Pass --batch-size 1 or more.",
+            )
         if not _is_int(self.seed):
             raise ConfigError(f"The seed must be an integer, got {self.seed!r}.", hint="Pass --seed 0.")
         if not _finite(self.lr) or self.lr <= 0:
-            raise ConfigError(f"The learning rate must be a positive number, got {self.lr!r}.",
-                              hint="Use --lr 8e-6 (the README recipe) or 2e-6 (the original default).")
+            raise ConfigError(
+                f"The learning rate must be a positive number, got {self.lr!r}.",
+                hint="Use --lr 8e-6 (the README recipe) or 2e-6 (the original default).",
+            )
         if not _finite(self.lr_gamma) or self.lr_gamma <= 0:
-            raise ConfigError(f"The learning-rate factor per epoch must be positive, got {self.lr_gamma!r}.",
-                              hint="Use 1.3 (the original) or 1.0 for a constant learning rate.")
+            raise ConfigError(
+                f"The learning-rate factor per epoch must be positive, got {self.lr_gamma!r}.",
+                hint="Use 1.3 (the original) or 1.0 for a constant learning rate.",
+            )
         if not _finite(self.eta) or self.eta < 0:
-            raise ConfigError(f"eta must be a number >= 0, got {self.eta!r}.",
-                              hint="Use --eta 0 for deterministic DDIM.")
+            raise ConfigError(
+                f"eta must be a number >= 0, got {self.eta!r}.", hint="Use --eta 0 for deterministic DDIM."
+            )
         weights = self.loss_weights()
         for name, weight in weights.items():
             if not _finite(weight) or weight < 0:
-                raise ConfigError(f"The {name} loss weight must be a number >= 0, got {weight!r}.",
-                                  hint=f"Pass --{name}-weight 0 to switch the term off.")
+                raise ConfigError(
+                    f"The {name} loss weight must be a number >= 0, got {weight!r}.",
+                    hint=f"Pass --{name}-weight 0 to switch the term off.",
+                )
         if not any(w > 0 for w in weights.values()):
-            raise ConfigError("Every loss weight is 0, so there is nothing to train.",
-                              hint="Keep --clip-weight 3 (the default) or give another term a positive weight.")
+            raise ConfigError(
+                "Every loss weight is 0, so there is nothing to train.",
+                hint="Keep --clip-weight 3 (the default) or give another term a positive weight.",
+            )
 
     def loss_weights(self) -> dict[str, float]:
         """Return ``{"clip": …, "l1": …, "id": …, "lpips": …}``."""
-        return {"clip": self.clip_weight, "l1": self.l1_weight, "id": self.id_weight, "lpips": self.lpips_weight}
+        return {
+            "clip": self.clip_weight,
+            "l1": self.l1_weight,
+            "id": self.id_weight,
+            "lpips": self.lpips_weight,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -333,7 +351,8 @@ def finetune(
         id_loss: ``id_loss(x0, x) -> (B,) or scalar`` distance, required when ``config.id_weight > 0``.
         lpips_loss: ``lpips_loss(x0, x)``, required when ``config.lpips_weight > 0``.
         callback: called with a dict per UNet call: ``epoch``, ``epochs`` (0-based index and count), ``batch``,
-            ``batches``, ``image`` (index of the batch's first image), ``images``, ``step``, ``steps`` (1-based
+            ``batches``, ``image`` (index of the batch's first image), ``images``, ``batch_size`` (images in this
+            batch), ``step``, ``steps`` (1-based
             index into the ``n_train_steps`` timesteps), ``t``, ``t_next``, ``optimizer_step`` (whether the
             parameters were just updated), ``losses`` (floats by term, plus ``total``; ``None`` for the forward
             steps of the original mode before its loss) and ``lr``. It may raise ``KeyboardInterrupt`` to stop.
@@ -350,11 +369,14 @@ def finetune(
         KeyboardInterrupt: from ``callback`` or ``should_stop``; nothing is written by this function.
     """
     if config.id_weight > 0 and id_loss is None:
-        raise ConfigError("The identity loss weight is positive but no identity loss was given.",
-                          hint="Set the identity weight to 0, or use a preset with an identity model.")
+        raise ConfigError(
+            "The identity loss weight is positive but no identity loss was given.",
+            hint="Set the identity weight to 0, or use a preset with an identity model.",
+        )
     if config.lpips_weight > 0 and lpips_loss is None:
-        raise ConfigError("The LPIPS loss weight is positive but no LPIPS loss was given.",
-                          hint="Set --lpips-weight 0.")
+        raise ConfigError(
+            "The LPIPS loss weight is positive but no LPIPS loss was given.", hint="Set --lpips-weight 0."
+        )
     _check_inputs(x0, x_lat, model)
     for loss_fn in (clip_loss, id_loss, lpips_loss):
         if loss_fn is not None:
@@ -379,38 +401,47 @@ def finetune(
     batches = math.ceil(n_images / config.batch_size)
     step_fn = _original_batch if config.mode == "original" else _efficient_batch
 
+    reporter = _Reporter(optimizer, callback, should_stop)
     with torch.enable_grad():
         for epoch in range(start_epoch, config.epochs):
             # a generator per epoch keeps η > 0 runs reproducible across --resume
-            generator = torch.Generator(device=device).manual_seed(config.seed + epoch) if config.eta > 0 else None
-            sums: dict[str, float] = {}
-            count = 0
+            generator = None
+            if config.eta > 0:
+                generator = torch.Generator(device=device).manual_seed(config.seed + epoch)
+            reporter.start_epoch()
             for batch in range(batches):
                 start = batch * config.batch_size
                 x0_b = x0[start : start + config.batch_size].to(device=device, dtype=torch.float32)
                 x_lat_b = x_lat[start : start + config.batch_size].to(device=device, dtype=torch.float32)
-                base_info = {"epoch": epoch, "epochs": config.epochs, "batch": batch, "batches": batches,
-                             "image": start, "images": n_images, "steps": len(pairs)}  # fmt: skip
-
-                def report(info: StepInfo, base_info: StepInfo = base_info) -> None:
-                    nonlocal count
-                    losses = info.get("losses")
-                    if losses is not None:
-                        count += 1
-                        for k, v in losses.items():
-                            sums[k] = sums.get(k, 0.0) + v
-                    if callback is not None:
-                        callback({**base_info, **info, "lr": optimizer.param_groups[0]["lr"]})
-                    if info["optimizer_step"] and should_stop is not None and should_stop():
-                        raise KeyboardInterrupt("fine-tuning stopped by should_stop")
-
-                step_fn(tuned, optimizer, params, x0_b, x_lat_b, pairs, config=config, generator=generator,
-                        src_text=src_text, trg_text=trg_text, clip_loss=clip_loss, id_loss=id_loss,
-                        lpips_loss=lpips_loss, report=report)  # fmt: skip
+                reporter.base = {
+                    "epoch": epoch,
+                    "epochs": config.epochs,
+                    "batch": batch,
+                    "batches": batches,
+                    "image": start,
+                    "images": n_images,
+                    "batch_size": x0_b.shape[0],
+                    "steps": len(pairs),
+                }
+                step_fn(
+                    tuned,
+                    optimizer,
+                    params,
+                    x0_b,
+                    x_lat_b,
+                    pairs,
+                    config=config,
+                    generator=generator,
+                    report=reporter,
+                    src_text=src_text,
+                    trg_text=trg_text,
+                    clip_loss=clip_loss,
+                    id_loss=id_loss,
+                    lpips_loss=lpips_loss,
+                )
             scheduler.step()  # once per epoch (section 8.1)
             if on_epoch_end is not None:
-                means = {k: v / max(count, 1) for k, v in sums.items()}
-                on_epoch_end(TrainingState(epoch + 1, tuned, optimizer, scheduler, means))
+                on_epoch_end(TrainingState(epoch + 1, tuned, optimizer, scheduler, reporter.means()))
 
     for p in params:
         p.grad = None
@@ -418,12 +449,48 @@ def finetune(
     return tuned
 
 
+class _Reporter:
+    """Forwards per-step info to the callback, polls ``should_stop`` and averages the losses of an epoch."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        callback: Callback | None,
+        should_stop: Callable[[], bool] | None,
+    ) -> None:
+        self.optimizer = optimizer
+        self.callback = callback
+        self.should_stop = should_stop
+        self.base: StepInfo = {}
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def start_epoch(self) -> None:
+        self.sums, self.count = {}, 0
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.count, 1) for k, v in self.sums.items()}
+
+    def __call__(self, info: StepInfo) -> None:
+        losses = info.get("losses")
+        if losses is not None:
+            self.count += 1
+            for k, v in losses.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v
+        if self.callback is not None:
+            self.callback({**self.base, **info, "lr": self.optimizer.param_groups[0]["lr"]})
+        if info["optimizer_step"] and self.should_stop is not None and self.should_stop():
+            raise KeyboardInterrupt("fine-tuning stopped by should_stop")
+
+
 def _unet_step(
     model: nn.Module, x: torch.Tensor, t: int, t_next: int, eta: float, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One generative DDIM step (t -> t_next) with the shared :func:`~dclip_cli.diffusion.ddim.ddim_step`."""
     eps = model(x, timestep_tensor(t, x))
-    return ddim_step(x, eps, alpha_bar(t, x.device), alpha_bar(t_next, x.device), eta=eta, generator=generator)
+    return ddim_step(
+        x, eps, alpha_bar(t, x.device), alpha_bar(t_next, x.device), eta=eta, generator=generator
+    )
 
 
 def _original_batch(
@@ -454,7 +521,15 @@ def _original_batch(
     total.backward()
     optimizer.step()
     t, t_next = pairs[-1]
-    report({"step": len(pairs), "t": t, "t_next": t_next, "optimizer_step": True, "losses": _floats(total, terms)})
+    report(
+        {
+            "step": len(pairs),
+            "t": t,
+            "t_next": t_next,
+            "optimizer_step": True,
+            "losses": _floats(total, terms),
+        }
+    )
 
 
 def _efficient_batch(
@@ -486,4 +561,986 @@ def _efficient_batch(
         optimizer.step()
         for p in params:
             p.grad = None
-        report({"step": step, "t": t, "t_next": t_next, "optimizer_step": True, "losses": _floats(total, terms)})
+        report(
+            {"step": step, "t": t, "t_next": t_next, "optimizer_step": True, "losses": _floats(total, terms)}
+        )
+
+
+# --------------------------------------------------------------------------------------------------- the whole job
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+DEFAULT_CLIP_MODEL = "ViT-B/16"
+STATE_FILE = "state.pt"
+RUN_FILE = "run.json"
+PREVIEWS = "previews"
+
+Event = dict[str, Any]
+EventCallback = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class TextPair:
+    """One edit to train: a (source, target) text pair and the name its artifact is stored under.
+
+    Args:
+        key: artifact name inside the preset (``angry``, ``gothic_church``): letters, digits, ``._-``.
+        src_text: source text of the directional loss.
+        trg_text: target text.
+        t0: the edit's recommended t₀ (from a named edit with an official model), used unless t₀ is given.
+    """
+
+    key: str
+    src_text: str
+    trg_text: str
+    t0: int | None = None
+
+
+def slugify(text: str) -> str:
+    """A file-name key for a free-text target: ``"Gothic church!"`` -> ``gothic_church``."""
+    slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:60].strip("_")
+    return slug or "edit_" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+def resolve_pairs(
+    preset: Preset,
+    *,
+    edits: Sequence[str] = (),
+    texts: Sequence[str] = (),
+    src_text: str | None = None,
+    pairs: Sequence[tuple[str, str]] = (),
+) -> list[TextPair]:
+    """Turn named edits, free target texts and explicit pairs into :class:`TextPair` records, in that order.
+
+    Free texts use ``src_text`` or else the preset's ``source_text``. Duplicate keys get ``-2``, ``-3`` suffixes.
+
+    Raises:
+        UnknownEditError: a named edit is not in the preset.
+        ConfigError: nothing to train, or an empty text.
+    """
+    out: list[TextPair] = []
+    for key in edits:
+        edit = preset.edit(key)
+        out.append(TextPair(edit.key, edit.src, edit.trg, edit.t0))
+    source = src_text if src_text is not None else preset.source_text
+    for trg in texts:
+        out.append(TextPair(slugify(trg), source, trg))
+    for src, trg in pairs:
+        out.append(TextPair(slugify(trg), src, trg))
+    if not out:
+        raise ConfigError(
+            "Nothing to fine-tune: no edit or target text was given.",
+            hint="Pass --text 'target description', --edit KEY, or --src/--trg.",
+        )
+    seen: dict[str, int] = {}
+    unique = []
+    for pair in out:
+        if not pair.src_text.strip() or not pair.trg_text.strip():
+            raise ConfigError(
+                f"The edit {pair.key!r} has an empty source or target text.", hint="Pass non-empty texts."
+            )
+        n = seen.get(pair.key, 0) + 1
+        seen[pair.key] = n
+        unique.append(pair if n == 1 else dataclasses.replace(pair, key=f"{pair.key}-{n}"))
+    return unique
+
+
+def list_images(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The image files of a folder (sorted, not recursive) or an explicit list of files.
+
+    Raises:
+        ImageError: the folder does not exist or holds no image.
+    """
+    from dclip_cli.errors import ImageError
+
+    items = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    files: list[Path] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            files.extend(sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ImageError(f"{p} does not exist.", hint="Pass --images with a folder of training photos.")
+    if not files:
+        raise ImageError(
+            f"No image files were found in {', '.join(str(i) for i in items)}.",
+            hint=f"Put {', '.join(IMAGE_SUFFIXES[:4])} files in the folder.",
+        )
+    return files
+
+
+@dataclass
+class TrainingData:
+    """Training (or preview) images with their inversions.
+
+    Args:
+        x0: (N, 3, S, S) images in [-1, 1] (CPU).
+        x_lat: (N, 3, S, S) DDIM inversions at t₀ (CPU).
+        x_rec: (N, 3, S, S) reconstructions from ``x_lat`` (CPU).
+        keys: content key of each image (image hash) used by the latent cache and the run fingerprint.
+        cache_hits: how many inversions came from the cache.
+    """
+
+    x0: torch.Tensor
+    x_lat: torch.Tensor
+    x_rec: torch.Tensor
+    keys: list[str]
+    cache_hits: int = 0
+
+
+@dataclass
+class PairResult:
+    """The outcome of training one text pair.
+
+    Args:
+        pair: the pair.
+        config: the settings used.
+        artifacts: files written (library and/or ``output``).
+        run_dir: the run folder (previews, ``run.json``).
+        losses: mean loss terms of the last epoch (``clip``, ``l1``, …, ``total``).
+        seconds: wall-clock time of this pair.
+        previews: preview images written.
+        resumed_from: epochs skipped because ``resume`` found them finished.
+        model: the fine-tuned model when ``return_models`` was set, else ``None``.
+    """
+
+    pair: TextPair
+    config: FinetuneConfig
+    artifacts: list[Path]
+    run_dir: Path
+    losses: dict[str, float]
+    seconds: float
+    previews: list[Path] = field(default_factory=list)
+    resumed_from: int = 0
+    model: nn.Module | None = None
+
+
+@dataclass
+class FinetuneResult:
+    """The outcome of :func:`run_finetune`.
+
+    Args:
+        preset: preset name.
+        base_checkpoint: name of the base checkpoint (registry name or file name).
+        base_sha256: its SHA-256.
+        pairs: one :class:`PairResult` per trained pair.
+        n_images: training images per pair.
+        cache_hits: inversions taken from the latent cache (training and preview images, all pairs).
+        cache_misses: inversions computed.
+        seconds: total wall-clock time.
+    """
+
+    preset: str
+    base_checkpoint: str
+    base_sha256: str
+    pairs: list[PairResult]
+    n_images: int
+    cache_hits: int
+    cache_misses: int
+    seconds: float
+
+    @property
+    def artifacts(self) -> list[Path]:
+        return [p for r in self.pairs for p in r.artifacts]
+
+
+def _emit(callback: EventCallback | None, kind: str, **fields: Any) -> None:
+    if callback is not None:
+        callback({"kind": kind, **fields})
+
+
+def load_base_model(
+    preset: Preset,
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    device: torch.device | None = None,
+    callback: EventCallback | None = None,
+) -> tuple[nn.Module, str, str]:
+    """Fetch (or take ``checkpoint``) and load the preset's base model.
+
+    Returns:
+        ``(model, name, sha256)``: the eval-mode model on ``device``, the registry (or file) name and the file's
+        SHA-256 (from the cache's sidecar when it has one).
+    """
+    from dclip_cli.checkpoints import cache
+    from dclip_cli.manifest import file_sha256
+    from dclip_cli.models import load_diffusion_model
+
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        name = path.name
+    else:
+        from dclip_cli.checkpoints import download
+
+        name = preset.checkpoint
+
+        def on_progress(done: int, total: int | None) -> None:
+            _emit(callback, "download", name=name, done=done, total=total)
+
+        path = Path(download.fetch(name, on_progress=on_progress))
+    _emit(callback, "status", message=f"Loading the base model {name}")
+    model = load_diffusion_model(path, arch=preset.arch, config=preset.arch_config, device=device)
+    meta = cache.read_meta(path)
+    sha = meta.sha256 if meta is not None and meta.size == path.stat().st_size else file_sha256(path)
+    return model, name, sha
+
+
+def _tensor_key(x: torch.Tensor) -> str:
+    """Content hash of one image tensor (3, S, S): the cache key of drawn samples."""
+    data = x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_training_images(
+    files: Sequence[Path], preset: Preset, *, callback: EventCallback | None = None
+) -> tuple[torch.Tensor, list[str]]:
+    """Load and prepare photos like edit inputs (the preset's aligner or a centre crop, resized to S).
+
+    Returns:
+        ``(x0, keys)``: (N, 3, S, S) in [-1, 1] and a content key per image.
+    """
+    from dclip_cli.images import load_and_prepare
+    from dclip_cli.presets.manager import get_registry
+
+    aligner = None
+    if preset.preprocess == "align" and preset.aligner:
+        aligner = get_registry().aligners.get(preset.aligner)
+        if aligner is None:
+            _emit(
+                callback,
+                "warning",
+                message=f"The aligner {preset.aligner!r} is not installed; using centre crops.",
+            )
+    images, keys = [], []
+    for i, path in enumerate(files):
+        x, info = load_and_prepare(path, preset.image_size, aligner=aligner)
+        for message in info.get("warnings", []):
+            _emit(callback, "warning", message=message)
+        images.append(x)
+        keys.append(_tensor_key(x[0]))
+        _emit(callback, "progress", phase="load", done=i + 1, total=len(files))
+    return torch.cat(images), keys
+
+
+@torch.no_grad()
+def draw_samples(
+    model: nn.Module,
+    n: int,
+    *,
+    seed: int,
+    n_steps: int,
+    batch_size: int = 4,
+    callback: EventCallback | None = None,
+) -> torch.Tensor:
+    """Draw ``n`` images from the base model by DDIM (η = 0) from seeded Gaussian noise at t = 999.
+
+    The noise is drawn on the CPU from ``torch.Generator().manual_seed(seed)``, so the samples do not depend on
+    the device or the batch size (up to floating-point differences).
+
+    Returns:
+        (n, 3, S, S) images clamped to [-1, 1], on the CPU.
+    """
+    from dclip_cli.diffusion.ddim import generate
+    from dclip_cli.diffusion.schedule import NUM_TIMESTEPS
+
+    size = int(getattr(model, "image_size", 256))
+    device = _model_device(model)
+    noise = torch.randn((n, 3, size, size), generator=torch.Generator().manual_seed(seed))
+    out = []
+    model.eval()
+    for start in range(0, n, batch_size):
+        x_t = noise[start : start + batch_size].to(device)
+        x0 = generate(model, x_t, t0=NUM_TIMESTEPS - 1, n_steps=n_steps)
+        out.append(x0.clamp(-1, 1).cpu())
+        _emit(callback, "progress", phase="sample", done=min(start + batch_size, n), total=n)
+    return torch.cat(out) if out else noise[:0]
+
+
+def invert_images(
+    model: nn.Module,
+    x0: torch.Tensor,
+    keys: Sequence[str],
+    *,
+    model_sha256: str,
+    t0: int,
+    n_inv_steps: int,
+    cache_root: str | os.PathLike[str] | None = None,
+    batch_size: int = 4,
+    callback: EventCallback | None = None,
+) -> TrainingData:
+    """Invert images to t₀ and reconstruct them, reusing the content-keyed latent cache (FIX 12).
+
+    For each image not in the cache: x_lat = DDIM inversion with ``n_inv_steps`` points, x_rec = generation from
+    x_lat with the same sequence (η = 0), as the original's precompute stage (section 8.2); both are stored under
+    the key (image content, model SHA-256, t₀, steps).
+
+    Args:
+        model: the base model (inversion always uses it).
+        x0: (N, 3, S, S) images in [-1, 1].
+        keys: a content key per image.
+        model_sha256: SHA-256 of the model's checkpoint file.
+        cache_root: latent cache folder; default ``<cache_dir>/latents``.
+
+    Returns:
+        :class:`TrainingData` on the CPU.
+    """
+    from dclip_cli.diffusion.ddim import generate, invert
+    from dclip_cli.latents import LatentCache
+
+    if cache_root is None:
+        from dclip_cli.checkpoints.cache import cache_dir
+
+        cache_root = cache_dir() / "latents"
+    cache = LatentCache(cache_root)
+    n = x0.shape[0]
+    x_lat: list[torch.Tensor | None] = [None] * n
+    x_rec: list[torch.Tensor | None] = [None] * n
+    hits = 0
+    for i, key in enumerate(keys):
+        found = _cache_get(cache, key, model_sha256, t0, n_inv_steps)
+        if found is not None:
+            x_lat[i], x_rec[i] = found
+            hits += 1
+    todo = [i for i in range(n) if x_lat[i] is None]
+    device = _model_device(model)
+    model.eval()
+    done = hits
+    _emit(callback, "progress", phase="invert", done=done, total=n)
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start : start + batch_size]
+        batch = x0[idx].to(device)
+        with torch.no_grad():
+            lat = invert(model, batch, t0=t0, n_steps=n_inv_steps)
+            rec = generate(model, lat, t0=t0, n_steps=n_inv_steps)
+        for j, i in enumerate(idx):
+            x_lat[i], x_rec[i] = lat[j : j + 1].cpu(), rec[j : j + 1].cpu()
+            _cache_put(cache, keys[i], model_sha256, t0, n_inv_steps, x_lat[i], x_rec[i])
+        done += len(idx)
+        _emit(callback, "progress", phase="invert", done=done, total=n)
+    return TrainingData(
+        x0=x0.cpu(),
+        x_lat=torch.cat([t for t in x_lat if t is not None]) if n else x0[:0],
+        x_rec=torch.cat([t for t in x_rec if t is not None]) if n else x0[:0],
+        keys=list(keys),
+        cache_hits=hits,
+    )
+
+
+def _cache_get(
+    cache: Any, key: str, sha: str, t0: int, steps: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    entry = cache.get(key, sha, t0, steps)
+    if entry is None:
+        return None
+    return entry[0].reshape(1, *entry[0].shape[-3:]), entry[1].reshape(1, *entry[1].shape[-3:])
+
+
+def _cache_put(
+    cache: Any, key: str, sha: str, t0: int, steps: int, x_lat: torch.Tensor, x_rec: torch.Tensor
+) -> None:
+    cache.put(key, sha, t0, steps, x_lat, x_rec)
+
+
+def run_fingerprint(
+    *, preset: str, base_sha256: str, pair: TextPair, config: FinetuneConfig, image_keys: Sequence[str]
+) -> str:
+    """A hash of everything that determines a run except the number of epochs (so ``--resume`` can extend one)."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "n_gen_steps")}
+    doc = {
+        "preset": preset,
+        "base_sha256": base_sha256,
+        "src_text": pair.src_text,
+        "trg_text": pair.trg_text,
+        "settings": settings,
+        "images": list(image_keys),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def default_run_dir(preset: str, pair: TextPair, fingerprint: str) -> Path:
+    """``<data_dir>/runs/<preset>-<key>-<fingerprint[:10]>``."""
+    from dclip_cli.checkpoints.cache import data_dir
+
+    return data_dir() / "runs" / f"{preset}-{pair.key}-{fingerprint[:10]}"
+
+
+def artifact_metadata(
+    *,
+    preset: str,
+    pair: TextPair,
+    config: FinetuneConfig,
+    base_checkpoint: str,
+    base_sha256: str,
+    clip_model: str,
+    n_images: int,
+    model: nn.Module | None = None,
+) -> dict[str, Any]:
+    """The provenance stored in an artifact (see :mod:`dclip_cli.artifacts`)."""
+    meta: dict[str, Any] = {
+        "preset": preset,
+        "edit": pair.key,
+        "base_checkpoint": base_checkpoint,
+        "base_sha256": base_sha256,
+        "src_text": pair.src_text,
+        "trg_text": pair.trg_text,
+        "t0": config.t0,
+        "n_inv_steps": config.n_inv_steps,
+        "n_train_steps": config.n_train_steps,
+        "n_gen_steps": config.n_gen_steps,
+        "mode": config.mode,
+        "loss_weights": config.loss_weights(),
+        "lr": config.lr,
+        "lr_gamma": config.lr_gamma,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "eta": config.eta,
+        "seed": config.seed,
+        "clip_model": clip_model,
+        "n_train_images": n_images,
+    }
+    if model is not None:
+        meta["arch"] = getattr(model, "arch", None)
+        meta["arch_config"] = getattr(model, "config", None)
+    return meta
+
+
+def artifact_destinations(
+    preset: str,
+    pairs: Sequence[TextPair],
+    configs: Sequence[FinetuneConfig],
+    *,
+    output: str | os.PathLike[str] | None,
+    library: bool,
+) -> list[list[tuple[Path, str | None]]]:
+    """Where each pair's artifact goes: ``<library>/<preset>/<key>.safetensors`` and/or under ``output``.
+
+    ``output`` ending in ``.safetensors`` is the file itself (one pair only); otherwise it is a folder that gets
+    ``<preset>_<key>_t<t0>.safetensors`` (the ``_t{t0}`` part follows the official naming).
+
+    Returns:
+        Per pair, ``(path, library_name)`` tuples; ``library_name`` (``<preset>/<key>``) for library entries.
+
+    Raises:
+        ConfigError: a ``.safetensors`` output with several pairs, or neither library nor output.
+    """
+    from dclip_cli.checkpoints.cache import library_path
+
+    if output is None and not library:
+        raise ConfigError(
+            "The fine-tuned model would not be saved anywhere.", hint="Pass -o PATH or --library."
+        )
+    out = Path(output).expanduser() if output is not None else None
+    if out is not None and out.suffix == ".safetensors" and len(pairs) > 1:
+        raise ConfigError(
+            f"-o {out} names one file but {len(pairs)} edits are trained.",
+            hint="Pass a folder with -o when training several edits.",
+        )
+    if out is not None and out.suffix and out.suffix != ".safetensors" and not out.is_dir():
+        raise ConfigError(
+            f"-o {out} must be a folder or a .safetensors file.",
+            hint="Fine-tuned models are saved as .safetensors.",
+        )
+    dests = []
+    for pair, config in zip(pairs, configs, strict=True):
+        paths: list[tuple[Path, str | None]] = []
+        if library:
+            name = f"{preset}/{pair.key}"
+            paths.append((library_path(name), name))
+        if out is not None:
+            file = (
+                out if out.suffix == ".safetensors" else out / f"{preset}_{pair.key}_t{config.t0}.safetensors"
+            )
+            paths.append((file, None))
+        dests.append(paths)
+    return dests
+
+
+def _save_preview(
+    model: nn.Module,
+    preview: TrainingData,
+    config: FinetuneConfig,
+    dest: Path,
+    label: str,
+) -> Path:
+    from dclip_cli.diffusion.ddim import generate
+    from dclip_cli.images import image_grid, save_image
+
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(config.seed) if config.eta > 0 else None
+    with torch.no_grad():
+        x = generate(
+            model,
+            preview.x_lat.to(device),
+            t0=config.t0,
+            n_steps=config.n_gen_steps,
+            eta=config.eta,
+            generator=generator,
+        ).cpu()
+    model.train(was_training)
+    n = preview.x0.shape[0]
+    grid = image_grid([preview.x0, x], labels=["source"] * n + [label] * n, cols=n)
+    return save_image(grid, dest, overwrite=True)
+
+
+def run_finetune(
+    preset: Preset | str,
+    *,
+    edits: Sequence[str] = (),
+    texts: Sequence[str] = (),
+    src_text: str | None = None,
+    pairs: Sequence[tuple[str, str]] = (),
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    n_samples: int | None = None,
+    config: FinetuneConfig | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    base_model: nn.Module | None = None,
+    base_checkpoint: str | None = None,
+    base_sha256: str | None = None,
+    clip_model: str = DEFAULT_CLIP_MODEL,
+    clip_loss: LossFn | None = None,
+    device: str | torch.device | None = None,
+    output: str | os.PathLike[str] | None = None,
+    library: bool | None = None,
+    save_dtype: str = "fp32",
+    overwrite: bool = False,
+    run_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    n_preview: int = 4,
+    return_models: bool = False,
+    callback: EventCallback | None = None,
+) -> FinetuneResult:
+    """Fine-tune one or more edits of a preset from its base model and save each as an artifact.
+
+    Steps: load the base model (``download.fetch`` of the preset's checkpoint, or ``checkpoint``, or
+    ``base_model``); gather the training images (``images``: photos prepared like edit inputs; ``n_samples``: drawn
+    from the base model by DDIM from seeded noise; default: ``preset.n_train_images`` samples when no photos are
+    given); invert them with the latent cache; load CLIP (and the identity / LPIPS losses only when weighted); then
+    for each pair, starting from the base each time: :func:`finetune`, with per-epoch previews on ``n_preview``
+    held-out samples and resumable state in the run folder, and the artifact saved atomically.
+
+    Args:
+        preset: a :class:`~dclip_cli.presets.preset.Preset` or its name.
+        edits: named edits of the preset (their source/target texts and t₀).
+        texts: free target texts, with ``src_text`` or the preset's ``source_text`` as the source.
+        src_text: source text for ``texts``.
+        pairs: explicit (source, target) pairs.
+        images: a folder of photos, or image files.
+        n_samples: number of images to draw from the base model.
+        config: settings for every pair (else the preset's defaults, a named edit's t₀ and ``overrides``).
+        overrides: :class:`FinetuneConfig` fields to set over the preset's defaults (``None`` values ignored).
+        checkpoint: local base checkpoint file instead of the preset's.
+        base_model: an already loaded base model (then give ``base_checkpoint`` and ``base_sha256`` too).
+        base_checkpoint: name of that base, for the artifact metadata.
+        base_sha256: SHA-256 of that base's file.
+        clip_model: CLIP name or file for :func:`~dclip_cli.losses.clip.load_clip` (default ViT-B/16).
+        clip_loss: an already built directional loss (then ``clip_model`` only labels the metadata).
+        device: ``auto``, ``cpu``, ``cuda``, ... (default auto).
+        output: a ``.safetensors`` file (one pair) or a folder for the artifacts.
+        library: also save into the edit library as ``<preset>/<key>``; default: only when ``output`` is None.
+        save_dtype: ``fp32``, ``fp16`` or ``bf16``.
+        overwrite: replace existing artifacts.
+        run_dir: run folder (one sub-folder per pair when several); default ``<data_dir>/runs/<preset>-<key>-<hash>``.
+        resume: continue from the last finished epoch saved in the run folder.
+        n_preview: held-out samples previewed after each epoch (0: none).
+        return_models: keep each fine-tuned model in its :class:`PairResult`.
+        callback: receives event dicts with a ``kind``: ``status`` (``message``), ``warning`` (``message``),
+            ``download`` (``name``, ``done``, ``total``), ``progress`` (``phase`` load/sample/invert, ``done``,
+            ``total``), ``pair_start`` (``pair``, ``index``, ``pairs``, ``config``, ``run_dir``, ``start_epoch``),
+            ``step`` (the :func:`finetune` step info plus ``index``), ``epoch_end`` (``index``, ``epoch``,
+            ``epochs``, ``losses``, ``preview``) and ``pair_end`` (``index``, ``result``). It may raise
+            ``KeyboardInterrupt``: no artifact or temporary file is left (finished epochs stay resumable).
+
+    Returns:
+        A :class:`FinetuneResult`.
+
+    Raises:
+        ConfigError, UnknownEditError, ImageError, CheckpointError, OutputExistsError: as their names say; output
+        clashes are detected before any work starts.
+    """
+    from dclip_cli.device import resolve_device
+    from dclip_cli.errors import OutputExistsError
+    from dclip_cli.presets.manager import get_registry
+
+    started = time.perf_counter()
+    if isinstance(preset, str):
+        preset = get_registry().preset(preset)
+    text_pairs = resolve_pairs(preset, edits=edits, texts=texts, src_text=src_text, pairs=pairs)
+    extra = {k: v for k, v in (overrides or {}).items() if v is not None}
+    configs = []
+    for pair in text_pairs:
+        if config is not None:
+            configs.append(config)
+            continue
+        values = dict(extra)
+        if pair.t0 is not None and "t0" not in values:
+            values["t0"] = pair.t0
+        configs.append(FinetuneConfig.from_preset(preset, **values))
+    if n_preview < 0:
+        raise ConfigError(f"The number of preview images must be >= 0, got {n_preview}.")
+    if n_samples is not None and n_samples < 0:
+        raise ConfigError(f"The number of samples must be >= 0, got {n_samples}.", hint="Pass --samples 8.")
+
+    library = output is None if library is None else library
+    destinations = artifact_destinations(preset.name, text_pairs, configs, output=output, library=library)
+    if not overwrite:
+        for paths in destinations:
+            for path, _ in paths:
+                if path.exists():
+                    raise OutputExistsError(
+                        f"{path} already exists.",
+                        hint="Pass --overwrite to replace it, or choose another name or -o.",
+                    )
+
+    # 1. the base model
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if base_model is not None:
+        model = base_model
+        base_name = base_checkpoint or preset.checkpoint
+        from dclip_cli.artifacts import base_sha256_of
+
+        base_sha = base_sha256_of(model, base_sha256) or ""
+    else:
+        model, base_name, base_sha = load_base_model(
+            preset, checkpoint=checkpoint, device=dev, callback=callback
+        )
+    model.eval()
+    dev = _model_device(model)
+
+    # 2. the training images (photos and/or samples) and the held-out preview samples
+    seed = configs[0].seed
+    x0_parts: list[torch.Tensor] = []
+    keys: list[str] = []
+    if images is not None:
+        files = list_images(images)
+        _emit(callback, "status", message=f"Preparing {len(files)} training image(s)")
+        x_photos, photo_keys = load_training_images(files, preset, callback=callback)
+        x0_parts.append(x_photos)
+        keys.extend(photo_keys)
+    if n_samples is None:
+        n_samples = 0 if images is not None else preset.n_train_images
+    if n_samples + n_preview > 0:
+        _emit(callback, "status", message=f"Drawing {n_samples + n_preview} sample(s) from the base model")
+        drawn = draw_samples(
+            model,
+            n_samples + n_preview,
+            seed=seed,
+            n_steps=configs[0].n_gen_steps,
+            batch_size=max(configs[0].batch_size, 4),
+            callback=callback,
+        )
+        if n_samples:
+            x0_parts.append(drawn[:n_samples])
+            keys.extend(_tensor_key(x) for x in drawn[:n_samples])
+        x_preview = drawn[n_samples:]
+    else:
+        x_preview = torch.zeros((0, 3, preset.image_size, preset.image_size))
+    if not x0_parts:
+        raise ConfigError("There are no training images.", hint="Pass --images DIR or --samples N (N > 0).")
+    x0_all = torch.cat(x0_parts)
+    preview_keys = [_tensor_key(x) for x in x_preview]
+
+    # 3. the losses (identity and LPIPS only when weighted: FIX 8)
+    if clip_loss is None:
+        from dclip_cli.losses.clip import DirectionalCLIPLoss, load_clip
+
+        _emit(callback, "status", message=f"Loading CLIP {clip_model}")
+        clip_loss = DirectionalCLIPLoss(load_clip(clip_model, device=dev))
+    id_loss = _identity_loss(preset, dev, callback) if any(c.id_weight > 0 for c in configs) else None
+    lpips_loss = None
+    if any(c.lpips_weight > 0 for c in configs):
+        from dclip_cli.losses.lpips import LPIPSLoss
+
+        _emit(callback, "status", message="Loading LPIPS")
+        lpips_loss = LPIPSLoss().to(dev)
+
+    # 4. each pair, from the base (section 8.1: weights, optimizer and scheduler reset per pair)
+    job = _Job(
+        preset=preset,
+        model=model,
+        base_name=base_name,
+        base_sha=base_sha,
+        clip_model=clip_model,
+        losses={"clip_loss": clip_loss, "id_loss": id_loss, "lpips_loss": lpips_loss},
+        callback=callback,
+        n_pairs=len(text_pairs),
+        run_dir=Path(run_dir).expanduser() if run_dir is not None else None,
+        resume=resume,
+        save_dtype=save_dtype,
+        overwrite=overwrite,
+        return_models=return_models,
+    )
+    data: dict[tuple[int, int], tuple[TrainingData, TrainingData]] = {}
+    hits = misses = 0
+    results: list[PairResult] = []
+    for index, (pair, cfg, dests) in enumerate(zip(text_pairs, configs, destinations, strict=True)):
+        if (cfg.t0, cfg.n_inv_steps) not in data:
+            _emit(
+                callback, "status", message=f"Inverting the images to t0 = {cfg.t0} ({cfg.n_inv_steps} steps)"
+            )
+            train = invert_images(
+                model,
+                x0_all,
+                keys,
+                model_sha256=base_sha,
+                t0=cfg.t0,
+                n_inv_steps=cfg.n_inv_steps,
+                callback=callback,
+            )
+            preview = invert_images(
+                model, x_preview, preview_keys, model_sha256=base_sha, t0=cfg.t0, n_inv_steps=cfg.n_inv_steps
+            )
+            hits += train.cache_hits + preview.cache_hits
+            misses += len(keys) + len(preview_keys) - train.cache_hits - preview.cache_hits
+            data[(cfg.t0, cfg.n_inv_steps)] = (train, preview)
+        train, preview = data[(cfg.t0, cfg.n_inv_steps)]
+        result = job.train_pair(index, pair, cfg, dests, train, preview)
+        results.append(result)
+        _emit(callback, "pair_end", index=index, result=result)
+
+    return FinetuneResult(
+        preset=preset.name,
+        base_checkpoint=base_name,
+        base_sha256=base_sha,
+        pairs=results,
+        n_images=x0_all.shape[0],
+        cache_hits=hits,
+        cache_misses=misses,
+        seconds=time.perf_counter() - started,
+    )
+
+
+@dataclass
+class _Job:
+    """What every pair of a :func:`run_finetune` call shares, and the training of one pair."""
+
+    preset: Preset
+    model: nn.Module
+    base_name: str
+    base_sha: str
+    clip_model: str
+    losses: dict[str, Any]
+    callback: EventCallback | None
+    n_pairs: int
+    run_dir: Path | None
+    resume: bool
+    save_dtype: str
+    overwrite: bool
+    return_models: bool
+
+    def train_pair(
+        self,
+        index: int,
+        pair: TextPair,
+        cfg: FinetuneConfig,
+        dests: Sequence[tuple[Path, str | None]],
+        train: TrainingData,
+        preview: TrainingData,
+    ) -> PairResult:
+        from dclip_cli.artifacts import save_artifact
+
+        started = time.perf_counter()
+        fingerprint = run_fingerprint(
+            preset=self.preset.name, base_sha256=self.base_sha, pair=pair, config=cfg, image_keys=train.keys
+        )
+        if self.run_dir is None:
+            folder = default_run_dir(self.preset.name, pair, fingerprint)
+        else:
+            folder = self.run_dir / pair.key if self.n_pairs > 1 else self.run_dir
+        run = _RunFolder(folder, fingerprint)
+        state = run.load_state(_model_device(self.model)) if self.resume else None
+        if self.resume and state is None:
+            _emit(
+                self.callback,
+                "warning",
+                message=f"No saved state for {pair.key!r} in {folder}; starting anew.",
+            )
+        start_epoch = int(state["epochs_done"]) if state is not None else 0
+        run.doc = {
+            "preset": self.preset.name,
+            "edit": pair.key,
+            "src_text": pair.src_text,
+            "trg_text": pair.trg_text,
+            "base_checkpoint": self.base_name,
+            "base_sha256": self.base_sha,
+            "settings": cfg.to_dict(),
+            "clip_model": self.clip_model,
+            "n_train_images": len(train.keys),
+            "fingerprint": fingerprint,
+            "status": "training",
+            "epochs_done": start_epoch,
+            "epoch_losses": list(state.get("epoch_losses", [])) if state is not None else [],
+            "artifacts": [],
+        }
+        run.write_doc()
+        _emit(
+            self.callback,
+            "pair_start",
+            pair=pair,
+            index=index,
+            pairs=self.n_pairs,
+            config=cfg,
+            run_dir=folder,
+            start_epoch=start_epoch,
+        )
+
+        def on_epoch_end(ts: TrainingState) -> None:
+            shot = run.end_epoch(ts, preview, cfg)
+            _emit(
+                self.callback,
+                "epoch_end",
+                index=index,
+                epoch=ts.epochs_done - 1,
+                epochs=cfg.epochs,
+                losses=ts.losses,
+                preview=shot,
+            )
+
+        def on_step(info: StepInfo) -> None:
+            _emit(self.callback, "step", index=index, **info)
+
+        if state is not None and start_epoch >= cfg.epochs:  # trained, but the artifact was not saved
+            tuned = copy.deepcopy(self.model)
+            tuned.load_state_dict(state["model"])
+            tuned.eval()
+        else:
+            tuned = finetune(
+                self.model,
+                train.x0,
+                train.x_lat,
+                src_text=pair.src_text,
+                trg_text=pair.trg_text,
+                config=cfg,
+                callback=on_step,
+                on_epoch_end=on_epoch_end,
+                resume=state,
+                **self.losses,
+            )
+        del state
+
+        meta = artifact_metadata(
+            preset=self.preset.name,
+            pair=pair,
+            config=cfg,
+            base_checkpoint=self.base_name,
+            base_sha256=self.base_sha,
+            clip_model=self.clip_model,
+            n_images=len(train.keys),
+            model=self.model,
+        )
+        written = []
+        for dest, library_name in dests:
+            written.append(save_artifact(dest, tuned, meta, dtype=self.save_dtype, overwrite=self.overwrite))
+            if library_name is not None:
+                _write_library_meta(dest, library_name)
+        run.finish(written)
+        epoch_losses = run.doc["epoch_losses"]
+        return PairResult(
+            pair=pair,
+            config=cfg,
+            artifacts=written,
+            run_dir=folder,
+            losses=epoch_losses[-1] if epoch_losses else {},
+            seconds=time.perf_counter() - started,
+            previews=run.previews,
+            resumed_from=start_epoch,
+            model=tuned if self.return_models else None,
+        )
+
+
+class _RunFolder:
+    """The run folder of one pair: ``run.json``, the resumable ``state.pt`` and ``previews/epoch-NNN.png``.
+
+    Every file is written atomically; ``state.pt`` is replaced after each epoch and removed once the artifact is
+    saved.
+    """
+
+    def __init__(self, folder: Path, fingerprint: str) -> None:
+        self.folder = folder
+        self.fingerprint = fingerprint
+        self.doc: dict[str, Any] = {}
+        self.previews: list[Path] = []
+
+    @property
+    def state_path(self) -> Path:
+        return self.folder / STATE_FILE
+
+    def write_doc(self) -> None:
+        from dclip_cli.manifest import write_manifest
+
+        write_manifest(self.folder / RUN_FILE, self.doc, overwrite=True)
+
+    def load_state(self, device: torch.device) -> dict[str, Any] | None:
+        """The saved state of the last finished epoch, or ``None``; refuses a state of other settings."""
+        path = self.state_path
+        if not path.is_file():
+            return None
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
+            raise ConfigError(
+                f"The saved training state {path} cannot be read: {exc}.",
+                hint="Delete the run folder (or drop --resume) to start this edit again.",
+            ) from exc
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
+            raise ConfigError(
+                f"The run folder {self.folder} holds a run with other settings, images or base model.",
+                hint="Resume with the same settings, or choose another --run-dir.",
+            )
+        return state
+
+    def end_epoch(self, ts: TrainingState, preview: TrainingData, cfg: FinetuneConfig) -> Path | None:
+        from dclip_cli.fileio import atomic_path
+
+        self.doc["epoch_losses"].append(ts.losses)
+        self.doc["epochs_done"] = ts.epochs_done
+        state = {**ts.state_dict(), "fingerprint": self.fingerprint, "epoch_losses": self.doc["epoch_losses"]}
+        with atomic_path(self.state_path, overwrite=True) as tmp:
+            torch.save(state, tmp)
+        shot = None
+        if preview.x0.shape[0]:
+            dest = self.folder / PREVIEWS / f"epoch-{ts.epochs_done:03d}.png"
+            shot = _save_preview(ts.model, preview, cfg, dest, f"epoch {ts.epochs_done}")
+            self.previews.append(shot)
+        self.write_doc()
+        return shot
+
+    def finish(self, artifacts: Sequence[Path]) -> None:
+        self.state_path.unlink(missing_ok=True)
+        self.doc.update(status="done", artifacts=[str(p) for p in artifacts])
+        self.write_doc()
+
+
+def _write_library_meta(path: Path, name: str) -> None:
+    """Record the artifact's SHA-256 beside it, as ``dclip models import`` does, so ``verify`` can check it."""
+    from dclip_cli.checkpoints import cache
+    from dclip_cli.fileio import sha256_file
+
+    cache.write_meta(
+        path, cache.FileMeta(sha256_file(path), path.stat().st_size, name, "dclip", "finetune", None, False)
+    )
+
+
+def _identity_loss(preset: Preset, device: torch.device, callback: EventCallback | None) -> LossFn:
+    """Build the preset's identity loss (its registered network, weights through the checkpoint store)."""
+    from dclip_cli.checkpoints import download
+    from dclip_cli.losses.identity import IdentityLoss
+    from dclip_cli.presets.manager import get_registry
+
+    if not preset.identity_model:
+        raise ConfigError(
+            f"The preset {preset.name!r} has no identity model, so the identity loss cannot be used.",
+            hint="Pass --id-weight 0.",
+        )
+    ident = get_registry().identity_models.get(preset.identity_model)
+    if ident is None:
+        raise ConfigError(
+            f"The identity model {preset.identity_model!r} of preset {preset.name!r} is not installed.",
+            hint="Pass --id-weight 0, or install the plugin that provides it.",
+        )
+    _emit(callback, "status", message=f"Loading the identity network {ident.name}")
+    weights = download.fetch(ident.checkpoint)
+    return IdentityLoss(ident.build(weights, device)).to(device)

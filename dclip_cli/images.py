@@ -300,7 +300,8 @@ def to_tensor(img: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
     sizes = {im.size for im in images}
     if len(sizes) > 1:
         raise ImageError(
-            f"to_tensor needs images of one size, got {sorted(sizes)}.", hint="Resize them with prepare() first."
+            f"to_tensor needs images of one size, got {sorted(sizes)}.",
+            hint="Resize them with prepare() first.",
         )
     arrays = [np.asarray(ensure_rgb(im), dtype=np.uint8) for im in images]
     batch = np.stack(arrays).astype(np.float64) / 255.0

@@ -52,7 +52,9 @@ CLIP_VIT_B_32 = CheckpointSpec(
 FACENET_VGGFACE2 = CheckpointSpec(
     name="facenet-vggface2",
     filename="20180402-114759-vggface2.pt",
-    urls=("https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt",),
+    urls=(
+        "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt",
+    ),
     format="facenet",
     description="facenet-pytorch InceptionResnetV1 trained on VGGFace2 (identity loss), about 107 MB",
     license_note=(

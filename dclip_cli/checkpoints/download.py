@@ -122,7 +122,12 @@ def sources(spec: CheckpointSpec) -> list[Source]:
     out = []
     env = os.environ.get("DCLIP_MIRROR", "").strip()
     if env:
-        pins: dict[str, Any] = {"format": spec.format, "sha256": spec.sha256, "md5": spec.md5, "size": spec.size}
+        pins: dict[str, Any] = {
+            "format": spec.format,
+            "sha256": spec.sha256,
+            "md5": spec.md5,
+            "size": spec.size,
+        }
         if env.startswith(("http://", "https://")):
             url = env.rstrip("/") + "/" + quote(spec.filename)
             out.append(Source(url, url, None, **pins))
@@ -203,10 +208,13 @@ def fetch(
 
 def manual_hint(spec: CheckpointSpec) -> str:
     """The hint telling a user how to get ``spec``'s file by hand."""
+    mirror = "set DCLIP_MIRROR to a server or folder that has it"
+    if spec.manual and "dclip models import" in spec.manual:
+        return f"{spec.manual.rstrip('.')}; or {mirror}."
     steps = (spec.manual.rstrip(".") + ". ") if spec.manual else ""
     return (
         f"{steps}Download {spec.filename} by hand and run 'dclip models import {spec.filename} --as {spec.name}', "
-        "or set DCLIP_MIRROR to a server or folder that has it."
+        f"or {mirror}."
     )
 
 
@@ -229,9 +237,9 @@ def _use_cached(spec: CheckpointSpec, dest: Path) -> Path:
             hint=f"Run 'dclip models rm {spec.name}' and 'dclip models fetch {spec.name}' to download it again.",
         )
     pinned = spec.sha256 is not None or spec.md5 is not None
-    cache.write_meta(
-        dest, cache.FileMeta(sha256, size, spec.name, spec.format, "found", None, pinned, md5 if pinned else None)
-    )
+    meta = cache.FileMeta(sha256, size, spec.name, spec.format, "found", None, pinned, md5 if pinned else None)
+    with contextlib.suppress(OSError):  # a read-only shared cache is still usable
+        cache.write_meta(dest, meta)
     return dest
 
 
@@ -318,8 +326,7 @@ def _download(
             problem = _mismatch(source.sha256, source.md5, source.size, sha256, md5, size)
             if problem:
                 tmp.unlink(missing_ok=True)
-                exc = _mismatch_error(spec, source, *problem)
-                mismatches.append(exc)
+                mismatches.append(_mismatch_error(spec, source, *problem))
                 failures.append(f"{source.label}: expected {problem[0]}, got {problem[1]}")
                 continue
             os.replace(tmp, dest)
@@ -342,7 +349,9 @@ def _download(
     )
 
 
-def _mismatch_error(spec: CheckpointSpec, source: Source, expected: str, actual: str) -> ChecksumMismatchError:
+def _mismatch_error(
+    spec: CheckpointSpec, source: Source, expected: str, actual: str
+) -> ChecksumMismatchError:
     return ChecksumMismatchError(
         f"The file {spec.filename} downloaded from {source.label} does not match its registry entry "
         f"{spec.name!r}: expected {expected}, got {actual}. The download was deleted for safety.",
@@ -553,7 +562,7 @@ def _confirmation_url(resp: requests.Response) -> str | None:
     """
     base = resp.url
     for name, value in resp.cookies.items():
-        if name.startswith("download_warning"):
+        if name.startswith("download_warning") and value:
             return _with_query(base, {"confirm": value})
     body = b""
     for chunk in resp.iter_content(chunk_size=65536):

@@ -46,6 +46,7 @@ class DclipGroup(TyperGroup):
 COMMANDS: tuple[str, ...] = (
     "presets",
     "plugins",
+    "models",
 )
 
 app = typer.Typer(

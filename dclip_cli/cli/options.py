@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,19 +18,19 @@ ImageArg = Annotated[
     typer.Argument(exists=True, dir_okay=False, readable=True, help="Input image file.", show_default=False),
 ]
 DomainOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--domain", "--preset", "-d", help="Preset (domain) name, e.g. face, dog, church, bedroom."),
 ]
 T0Opt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--t0", min=1, max=999, help="Return step t0 (1-999); higher edits more. Default: preset."),
 ]
 InvStepsOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--inv-steps", min=2, help="Points in the DDIM inversion sequence. Default: preset (40)."),
 ]
 StepsOpt = Annotated[
-    Optional[int],
+    int | None,
     typer.Option("--steps", min=2, help="Points in the DDIM generation sequence. Default: preset (40)."),
 ]
 EtaOpt = Annotated[
@@ -38,13 +38,13 @@ EtaOpt = Annotated[
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (noise, sampling, training order).")]
 OutputOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--output", "-o", help="Output file or directory (default: next to the input)."),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 CheckpointOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--checkpoint",
         exists=True,

@@ -187,9 +187,7 @@ def ddim_loop(
     return x
 
 
-def invert_progressive(
-    model: EpsModel, x0: torch.Tensor, *, t0: int, n_steps: int
-) -> Iterator[StepInfo]:
+def invert_progressive(model: EpsModel, x0: torch.Tensor, *, t0: int, n_steps: int) -> Iterator[StepInfo]:
     """Progressive form of :func:`invert` (yields one info dict per model call; no autograd graph)."""
     pairs = inversion_pairs(t0, n_steps)
     with torch.no_grad():

@@ -76,7 +76,8 @@ def validate_t0(t0: int, n_steps: int) -> None:
         raise InvalidScheduleError(f"t0 must be an integer, got {t0!r}.", hint="Pass --t0 as a whole number.")
     if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)):
         raise InvalidScheduleError(
-            f"The number of steps must be an integer, got {n_steps!r}.", hint="Pass --steps as a whole number."
+            f"The number of steps must be an integer, got {n_steps!r}.",
+            hint="Pass --steps as a whole number.",
         )
     if not 1 <= t0 < NUM_TIMESTEPS:
         raise InvalidScheduleError(

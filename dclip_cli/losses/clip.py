@@ -99,9 +99,10 @@ class ClipModel(nn.Module):
         self.model = model
         self.name = name
         self.precision = precision
-        size = model.visual.image_size  # type: ignore[union-attr]
+        net: Any = model
+        size = net.visual.image_size
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        self.context_length = int(model.context_length)  # type: ignore[arg-type]
+        self.context_length = int(net.context_length)
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.model.requires_grad_(False)
@@ -124,7 +125,7 @@ class ClipModel(nn.Module):
         return self._input_dtype()
 
     def _input_dtype(self) -> torch.dtype:
-        visual = self.model.visual  # type: ignore[union-attr]
+        visual: Any = self.model.visual
         conv1 = getattr(visual, "conv1", None)
         weight = conv1.weight if conv1 is not None else next(visual.parameters())
         return weight.dtype
@@ -226,6 +227,14 @@ def _is_torchscript_archive(path: Path) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
+def _is_torch_file(path: Path) -> bool:
+    """``torch.save`` writes a zip archive (or, in the legacy format, a pickle starting with the PROTO opcode)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with path.open("rb") as f:
+        return f.read(1) == b"\x80"
+
+
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """Read an OpenAI CLIP file: a TorchScript archive, a ``torch.save`` state dict or a safetensors file."""
     try:
@@ -239,6 +248,8 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
                 warnings.simplefilter("ignore")
                 module = torch.jit.load(str(path), map_location="cpu")
             return {k: v for k, v in module.state_dict().items()}
+        if not _is_torch_file(path):
+            raise ValueError("neither a zip archive nor a pickle")
         loaded: Any = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
@@ -268,7 +279,9 @@ def _build_open_clip(state: dict[str, Tensor], precision: str, source: str) -> n
     from open_clip.model import build_model_from_openai_state_dict, convert_weights_to_lp, get_cast_dtype
 
     weights = {
-        k: v for k, v in state.items() if k not in _NON_WEIGHT_KEYS and not k.rsplit(".", 1)[-1] == "attn_mask"
+        k: v
+        for k, v in state.items()
+        if k not in _NON_WEIGHT_KEYS and not k.rsplit(".", 1)[-1] == "attn_mask"
     }
     required = ("text_projection", "token_embedding.weight", "positional_embedding", "ln_final.weight")
     missing = [k for k in required if k not in weights]
@@ -280,7 +293,9 @@ def _build_open_clip(state: dict[str, Tensor], precision: str, source: str) -> n
     try:
         # Same steps as open_clip.openai.load_openai_model: build from the weights' shapes with QuickGELU in
         # OpenAI's mixed fp16 layout, then convert for the requested precision.
-        model = build_model_from_openai_state_dict(weights, quick_gelu=True, cast_dtype=get_cast_dtype(precision))
+        model = build_model_from_openai_state_dict(
+            weights, quick_gelu=True, cast_dtype=get_cast_dtype(precision)
+        )
     except (KeyError, RuntimeError, ValueError, AssertionError) as exc:
         raise StateDictMismatchError(
             f"{source} does not fit the CLIP architecture read from its own weights ({exc}).",
@@ -339,8 +354,10 @@ def load_clip(
             f"The CLIP path {text!r} is a directory, not a file.",
             hint="Pass the .pt file itself, or a model name such as ViT-B/16.",
         )
-    elif isinstance(name_or_path, os.PathLike) or text.lower().endswith(_FILE_SUFFIXES) or text.startswith(
-        ("./", "../", "~", "/")
+    elif (
+        isinstance(name_or_path, os.PathLike)
+        or text.lower().endswith(_FILE_SUFFIXES)
+        or text.startswith(("./", "../", "~", "/"))
     ):
         raise CheckpointError(
             f"The CLIP file {text!r} does not exist.",
@@ -378,9 +395,7 @@ def clip_term(l_dir: Tensor | float) -> Tensor:
 
 
 @torch.no_grad()
-def template_features(
-    clip: ClipModel, text: str, templates: Sequence[str] = IMAGENET_TEMPLATES
-) -> Tensor:
+def template_features(clip: ClipModel, text: str, templates: Sequence[str] = IMAGENET_TEMPLATES) -> Tensor:
     """Encode ``text`` in every template.
 
     Returns:
@@ -480,17 +495,27 @@ class DirectionalCLIPLoss(nn.Module):
 
 
 @torch.no_grad()
-def directional_similarity(clip: ClipModel, x_src: Tensor, x_edit: Tensor, src_text: str, trg_text: str) -> Tensor:
+def directional_similarity(
+    clip: ClipModel,
+    x_src: Tensor,
+    x_edit: Tensor,
+    src_text: str,
+    trg_text: str,
+    *,
+    templates: Sequence[str] = IMAGENET_TEMPLATES,
+) -> Tensor:
     """cos(ΔI, ΔT) per image: how well each edit follows the text direction (1 - the per-sample L_dir).
 
     Args:
         x_src: (B, 3, S, S) (or (1, 3, S, S)) source images in [-1, 1].
         x_edit: (B, 3, S, S) edited images in [-1, 1].
+        src_text: source text; trg_text: target text.
+        templates: prompt templates for ΔT (default: the 79 ImageNet templates, as the loss).
 
     Returns:
         (B,) float32 in [-1, 1].
     """
-    delta_t = text_direction(clip, src_text, trg_text)
+    delta_t = text_direction(clip, src_text, trg_text, templates)
     delta_i = image_direction(clip, x_src, x_edit)
     return F.cosine_similarity(delta_i, delta_t, dim=1, eps=1e-8)
 

@@ -27,11 +27,11 @@ from dclip_cli.errors import CheckpointError, CheckpointNotCachedError, ConfigEr
 
 __all__ = ["LPIPS_NETS", "LPIPSLoss", "trunk_weights_path", "trunk_weights_url"]
 
-#: LPIPS trunk name -> (torchvision builder, torchvision weights enum, member).
-_TRUNKS: dict[str, tuple[str, str, str]] = {
-    "alex": ("alexnet", "AlexNet_Weights", "IMAGENET1K_V1"),
-    "vgg": ("vgg16", "VGG16_Weights", "IMAGENET1K_V1"),
-    "squeeze": ("squeezenet1_1", "SqueezeNet1_1_Weights", "IMAGENET1K_V1"),
+#: LPIPS trunk name -> (torchvision weights enum, member).
+_TRUNKS: dict[str, tuple[str, str]] = {
+    "alex": ("AlexNet_Weights", "IMAGENET1K_V1"),
+    "vgg": ("VGG16_Weights", "IMAGENET1K_V1"),
+    "squeeze": ("SqueezeNet1_1_Weights", "IMAGENET1K_V1"),
 }
 LPIPS_NETS: tuple[str, ...] = tuple(_TRUNKS)
 
@@ -47,7 +47,7 @@ def trunk_weights_url(net: str = "alex") -> str:
     """The URL torchvision publishes the ImageNet weights of the LPIPS trunk at."""
     import torchvision.models as tvm
 
-    _, enum_name, member = _TRUNKS[_canonical_net(net)]
+    enum_name, member = _TRUNKS[_canonical_net(net)]
     return str(getattr(getattr(tvm, enum_name), member).url)
 
 
@@ -125,24 +125,33 @@ class LPIPSLoss(nn.Module):
         self.lpips.eval()
 
     def _load_trunk(self, offline: bool | None) -> None:
-        import torchvision.models as tvm
-
-        builder = _TRUNKS[self.net_name][0]
         state = _load_trunk_state_dict(self.net_name, offline)
-        trunk = getattr(tvm, builder)(weights=None)
+        path = trunk_weights_path(self.net_name)
+        # lpips slices torchvision's ``features`` into ``slice1..sliceN`` whose children keep their index in
+        # ``features``: ``features.<i>.<rest>`` of the torchvision file goes to that child (the classifier is unused).
+        layers = {
+            int(name): layer for part in self.lpips.net.children() for name, layer in part.named_children()
+        }
+        grouped: dict[int, dict[str, Tensor]] = {i: {} for i in layers}
+        for key, value in state.items():
+            if not key.startswith("features."):
+                continue
+            number, rest = key[len("features.") :].split(".", 1)
+            if int(number) not in grouped:
+                raise CheckpointError(
+                    f"The LPIPS trunk weights {str(path)!r} have a layer features.{number} that LPIPS' {self.net_name} "
+                    "trunk does not have.",
+                    hint="Delete the file; it is downloaded again on the next run.",
+                )
+            grouped[int(number)][rest] = value
         try:
-            trunk.load_state_dict(state)
+            for index, layer in layers.items():
+                layer.load_state_dict(grouped[index], strict=True)
         except RuntimeError as exc:
             raise CheckpointError(
-                f"The LPIPS trunk weights at {str(trunk_weights_path(self.net_name))!r} do not fit torchvision's "
-                f"{builder}: {exc}",
+                f"The LPIPS trunk weights {str(path)!r} do not fit LPIPS' {self.net_name} trunk: {exc}",
                 hint="Delete the file; it is downloaded again on the next run.",
             ) from exc
-        features = trunk.features
-        # lpips slices ``features`` into ``slice1..sliceN`` whose children keep their index in ``features``.
-        for slice_module in self.lpips.net.children():
-            for index, layer in slice_module.named_children():
-                layer.load_state_dict(features[int(index)].state_dict())
 
     def train(self, mode: bool = True) -> LPIPSLoss:
         """Keep LPIPS in eval mode (its dropout layers must stay off)."""

@@ -30,8 +30,10 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
@@ -78,7 +80,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
-            f"Checkpoint file {path} does not exist.", hint="Check the path, or fetch it with 'dclip models download'."
+            f"Checkpoint file {path} does not exist.",
+            hint="Check the path, or fetch it with 'dclip models download'.",
         )
     metadata: dict[str, str] = {}
     try:
@@ -105,7 +108,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
         try:
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - TorchScript raises many types
-            raise CheckpointError(f"{path} is a TorchScript archive that could not be loaded: {exc}.") from exc
+            raise CheckpointError(
+                f"{path} is a TorchScript archive that could not be loaded: {exc}."
+            ) from exc
         return strip_prefix(dict(module.state_dict())), metadata
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -31,15 +31,23 @@ class DiffusionModel(nn.Module):
         image_size: the resolution S the model was trained at.
         learn_sigma: whether the network also outputs variance channels (dropped by :meth:`forward`).
         unet: the raw network; ``unet.state_dict()`` has exactly the official checkpoint keys.
+        source: the file the weights were loaded from, or ``None``.
+        sha256: SHA-256 of that file when known (set by callers), or ``None``.
     """
 
-    def __init__(self, unet: nn.Module, *, arch: Arch, config: dict[str, Any], image_size: int, learn_sigma: bool):
+    def __init__(
+        self, unet: nn.Module, *, arch: Arch, config: dict[str, Any], image_size: int, learn_sigma: bool
+    ):
         super().__init__()
         self.unet = unet
         self.arch: Arch = arch
         self.config = dict(config)
         self.image_size = int(image_size)
         self.learn_sigma = bool(learn_sigma)
+        #: the file the weights came from, when loaded with ``load_diffusion_model``
+        self.source: str | None = None
+        #: SHA-256 of that file, when a caller has computed it
+        self.sha256: str | None = None
 
     @property
     def in_channels(self) -> int:

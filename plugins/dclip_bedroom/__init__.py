@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dclip_cli.checkpoints.registry import CheckpointSpec
+from dclip_cli.checkpoints.registry import CheckpointSpec, Mirror
 from dclip_cli.presets.hookspecs import hookimpl
 from dclip_cli.presets.preset import Preset
 from dclip_cli.presets.tables import edits_from_table
@@ -100,12 +100,24 @@ def register_presets(register: Any) -> None:
 
 @hookimpl
 def register_checkpoints(register: Any) -> None:
+    diffusers = "https://huggingface.co/google/ddpm-ema-bedroom-256/resolve/main"
+    note = "diffusers google/ddpm-ema-bedroom-256 (UNet2DModel; converted to the DDPM key layout on load)"
     register(
         CheckpointSpec(
             name="lsun_bedroom",
             filename="bedroom.ckpt",
             urls=(
                 "https://huggingface.co/gwang-kim/DiffusionCLIP-LSUN_Bedroom/resolve/main/bedroom.ckpt",
+                Mirror(
+                    "https://heibox.uni-heidelberg.de/f/b95206528f384185889b/?dl=1",
+                    format="ddpm",
+                    md5="1921fa46b66a3665e450e42f36c2720f",
+                    note="ermongroup/ddim EMA conversion (not verified to be the same bytes as the SDEdit file)",
+                ),
+                Mirror(
+                    f"{diffusers}/diffusion_pytorch_model.safetensors", format="diffusers-ddpm", note=note
+                ),
+                Mirror(f"{diffusers}/diffusion_pytorch_model.bin", format="diffusers-ddpm", note=note),
                 "https://image-editing-test-12345.s3-us-west-2.amazonaws.com/checkpoints/bedroom.ckpt",
             ),
             format="ddpm",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dclip_cli.checkpoints.registry import CheckpointSpec
+from dclip_cli.checkpoints.registry import CheckpointSpec, Mirror
 from dclip_cli.presets.hookspecs import hookimpl
 from dclip_cli.presets.preset import Preset
 from dclip_cli.presets.tables import edits_from_table
@@ -116,18 +116,32 @@ def register_presets(register: Any) -> None:
 
 @hookimpl
 def register_checkpoints(register: Any) -> None:
+    diffusers = "https://huggingface.co/google/ddpm-ema-church-256/resolve/main"
+    note = "diffusers google/ddpm-ema-church-256 (UNet2DModel; converted to the DDPM key layout on load)"
     register(
         CheckpointSpec(
             name="lsun_church",
             filename="church_outdoor.ckpt",
             urls=(
+                # ermongroup/ddim "ema_lsun_church" (model-4432000.ckpt), DDPM key layout, MD5 published there
+                Mirror(
+                    "https://heibox.uni-heidelberg.de/f/44ccb50ef3c6436db52e/?dl=1",
+                    format="ddpm",
+                    md5="fdc68a23938c2397caba4a260bc2445f",
+                    note="ermongroup/ddim EMA conversion of Ho et al.'s LSUN church model",
+                ),
+                Mirror(
+                    f"{diffusers}/diffusion_pytorch_model.safetensors", format="diffusers-ddpm", note=note
+                ),
+                Mirror(f"{diffusers}/diffusion_pytorch_model.bin", format="diffusers-ddpm", note=note),
+                # the SDEdit original (HTTP 403 since 2023), kept last
                 "https://image-editing-test-12345.s3-us-west-2.amazonaws.com/checkpoints/church_outdoor.ckpt",
             ),
             format="ddpm",
             arch="ddpm",
             arch_config=DDPM_256,
-            description="LSUN church-outdoor 256 DDPM (SDEdit release, used by DiffusionCLIP).",
-            license_note="SDEdit / DiffusionCLIP release.",
+            description="LSUN church-outdoor 256 DDPM (Ho et al.; ddim release, diffusers copy as fallback).",
+            license_note="Ho et al. DDPM LSUN church weights via ermongroup/ddim, or google/ddpm-ema-church-256.",
         )
     )
     for spec in FINETUNED:

@@ -31,9 +31,7 @@ _LANCZOS = Image.Resampling.LANCZOS
 _BILINEAR = Image.Resampling.BILINEAR
 
 
-def ffhq_quad(
-    eye_left: Any, eye_right: Any, mouth_left: Any, mouth_right: Any
-) -> tuple[np.ndarray, float]:
+def ffhq_quad(eye_left: Any, eye_right: Any, mouth_left: Any, mouth_right: Any) -> tuple[np.ndarray, float]:
     """Return the FFHQ crop quad for four landmarks (reference section 12.2, steps 1-3).
 
     Points are (x, y) with x to the right and y down; "left" and "right" are in image coordinates.
@@ -49,7 +47,9 @@ def ffhq_quad(
     Raises:
         ValueError: the landmarks are degenerate (coincident points or not finite).
     """
-    e_l, e_r, m_l, m_r = (np.asarray(p, dtype=np.float64).reshape(2) for p in (eye_left, eye_right, mouth_left, mouth_right))
+    e_l, e_r, m_l, m_r = (
+        np.asarray(p, dtype=np.float64).reshape(2) for p in (eye_left, eye_right, mouth_left, mouth_right)
+    )
     eye_avg = (e_l + e_r) * 0.5
     eye_to_eye = e_r - e_l
     mouth_avg = (m_l + m_r) * 0.5
@@ -157,7 +157,9 @@ def align_to_quad(img: Image.Image, quad: np.ndarray, qsize: float, size: int) -
     )
     if pad.max() > border - 4:
         pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
-        arr = np.pad(np.asarray(img, dtype=np.float32), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), mode="reflect")
+        arr = np.pad(
+            np.asarray(img, dtype=np.float32), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), mode="reflect"
+        )
         h, w, _ = arr.shape
         yy, xx, _ = np.ogrid[:h, :w, :1]
         d = np.maximum(pad, 1).astype(np.float32)  # only zero for degenerate, sub-pixel quads

@@ -14,6 +14,7 @@ Files:
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -29,7 +30,12 @@ TINY_CLIP_VOCAB = 49408
 
 
 def make_tiny_open_clip(seed: int = 0) -> nn.Module:
-    """Build the tiny open-clip ``CLIP`` (fp32, eval mode) with weights drawn from ``seed``."""
+    """Build the tiny open-clip ``CLIP`` (fp32, eval mode) with weights drawn from ``seed`` (a fresh copy)."""
+    return copy.deepcopy(_tiny_open_clip(seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _tiny_open_clip(seed: int) -> nn.Module:
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     vision = CLIPVisionCfg(layers=2, width=TINY_CLIP_WIDTH, patch_size=8, image_size=TINY_CLIP_IMAGE_SIZE)
@@ -57,7 +63,7 @@ def tiny_clip_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """The state dict in the OpenAI layout: conv/linear/attention/projection weights fp16, the rest fp32."""
     from open_clip.model import convert_weights_to_lp
 
-    model = copy.deepcopy(make_tiny_open_clip(seed))
+    model = make_tiny_open_clip(seed)
     convert_weights_to_lp(model, dtype=torch.float16)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -1,0 +1,537 @@
+"""The checkpoint store: look specs up by name, list, verify, remove and import files.
+
+Specs come from the core (:mod:`dclip_cli.checkpoints.builtin`: CLIP, facenet) and from preset plugins
+(``dclip_cli.presets.manager.get_registry().checkpoints``). Registered names live in the cache; fine-tuned edits
+that are not in the registry (``face/my-edit``) live in the library (:func:`cache.library_dir`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dclip_cli.checkpoints import cache
+from dclip_cli.checkpoints.builtin import CORE_SPECS
+from dclip_cli.checkpoints.download import _mismatch, hash_file
+from dclip_cli.checkpoints.registry import CheckpointSpec
+from dclip_cli.errors import (
+    CheckpointError,
+    CheckpointNotCachedError,
+    ChecksumMismatchError,
+    ConfigError,
+    StateDictMismatchError,
+    UnknownCheckpointError,
+)
+from dclip_cli.fileio import atomic_path
+
+# -- lookup ---------------------------------------------------------------------------------------------------
+
+
+def all_specs() -> dict[str, CheckpointSpec]:
+    """Every known spec by name: the core's first, then the plugins' (a plugin cannot replace a core name)."""
+    from dclip_cli.presets.manager import get_registry
+
+    specs = dict(CORE_SPECS)
+    for name, spec in get_registry().checkpoints.items():
+        specs.setdefault(name, spec)
+    return specs
+
+
+def get_spec(name: str) -> CheckpointSpec:
+    """Return the spec registered as ``name`` (or with ``name`` among its aliases, such as ``ViT-B/16``).
+
+    Raises:
+        ConfigError: ``name`` is not a valid name (for example it contains ``..``).
+        UnknownCheckpointError: nothing is registered under that name.
+    """
+    cache.validate_name(name)
+    specs = all_specs()
+    if name in specs:
+        return specs[name]
+    for spec in specs.values():
+        if name in spec.aliases:
+            return spec
+    known = sorted(specs) + sorted(a for s in specs.values() for a in s.aliases)
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"Did you mean {', '.join(close)}? " if close else ""
+    raise UnknownCheckpointError(
+        f"No checkpoint named {name!r} is registered.",
+        hint=hint + "Run 'dclip models list' to see the registered checkpoints.",
+    )
+
+
+def find_spec(name: str) -> CheckpointSpec | None:
+    """Like :func:`get_spec`, but ``None`` for an unknown name."""
+    try:
+        return get_spec(name)
+    except UnknownCheckpointError:
+        return None
+
+
+# -- listing --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelStatus:
+    """One row of ``dclip models list``.
+
+    Args:
+        name: registry name (for a cached file no spec knows: its path inside the cache).
+        filename: file name on disk.
+        format: the format of the cached bytes when known, else the spec's.
+        size: size in bytes of the cached file, else the registry's expected size (``None`` if unknown).
+        cached: whether the file is in the cache.
+        verified: ``True`` when the file was checked on arrival (SHA-256 recorded) and its size has not changed
+            since, ``False`` when it has, ``None`` when nothing was recorded. ``verify`` re-hashes the file.
+        path: the cache path (whether or not the file is there).
+        sha256: the recorded SHA-256, else the pinned one.
+        pinned: whether the registry pins a hash for it.
+        registered: ``False`` for files in the cache that no spec describes.
+        downloadable: whether the spec has at least one URL.
+        description: the spec's one-line description.
+    """
+
+    name: str
+    filename: str
+    format: str | None
+    size: int | None
+    cached: bool
+    verified: bool | None
+    path: Path
+    sha256: str | None
+    pinned: bool
+    registered: bool = True
+    downloadable: bool = True
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["path"] = str(self.path)
+        return d
+
+
+@dataclass
+class EditStatus:
+    """One fine-tuned edit in the library."""
+
+    name: str
+    path: Path
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "size": self.size}
+
+
+def _status(spec: CheckpointSpec, cache_root: str | os.PathLike[str] | None) -> ModelStatus:
+    path = cache.checkpoint_path(spec, cache_root)
+    cached = path.is_file()
+    meta = cache.read_meta(path) if cached else None
+    size = path.stat().st_size if cached else spec.size
+    verified = None if meta is None else meta.size == size
+    return ModelStatus(
+        name=spec.name,
+        filename=spec.filename,
+        format=(meta.format if meta and meta.format else spec.format),
+        size=size,
+        cached=cached,
+        verified=verified,
+        path=path,
+        sha256=meta.sha256 if meta else spec.sha256,
+        pinned=spec.sha256 is not None or spec.md5 is not None,
+        downloadable=bool(spec.urls),
+        description=spec.description,
+    )
+
+
+def list_models(cache_dir: str | os.PathLike[str] | None = None) -> list[ModelStatus]:
+    """Status of every registered checkpoint, then of cached files no spec describes, sorted by name."""
+    specs = all_specs()
+    rows = [_status(spec, cache_dir) for spec in specs.values()]
+    known = {row.path for row in rows}
+    for f in cache.list_cached(cache_dir):
+        if f.path in known:
+            continue
+        verified = None if f.meta is None else f.meta.size == f.size
+        rows.append(
+            ModelStatus(
+                name=f.relpath,
+                filename=f.path.name,
+                format=f.meta.format if f.meta else None,
+                size=f.size,
+                cached=True,
+                verified=verified,
+                path=f.path,
+                sha256=f.meta.sha256 if f.meta else None,
+                pinned=False,
+                registered=False,
+                downloadable=False,
+                description="not in the registry",
+            )
+        )
+    return sorted(rows, key=lambda r: (not r.registered, r.name))
+
+
+def list_edits() -> list[EditStatus]:
+    """The fine-tuned edits in the library, sorted by name."""
+    return [EditStatus(name, path, path.stat().st_size) for name, path in cache.list_library()]
+
+
+# -- path, verify, remove -------------------------------------------------------------------------------------
+
+
+def model_path(name: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Return the local file of a cached checkpoint or a library edit.
+
+    Raises:
+        CheckpointNotCachedError: the checkpoint is registered but not cached.
+        UnknownCheckpointError: neither a registered checkpoint nor a library edit has that name.
+    """
+    spec = find_spec(name)
+    if spec is None:
+        found = cache.find_library_file(name)
+        if found is not None:
+            return found
+        get_spec(name)  # raises UnknownCheckpointError with suggestions
+    assert spec is not None
+    path = cache.checkpoint_path(spec, cache_dir)
+    if not path.is_file():
+        raise CheckpointNotCachedError(
+            f"The checkpoint {spec.name!r} ({spec.filename}) is not in the cache.",
+            hint=f"Run 'dclip models fetch {spec.name}' to download it.",
+        )
+    return path
+
+
+@dataclass
+class VerifyResult:
+    """The outcome of re-hashing one file.
+
+    Args:
+        name: registry or edit name.
+        path: the file checked (``None`` when missing).
+        status: ``"ok"``, ``"mismatch"``, ``"missing"`` or ``"unchecked"`` (nothing to compare against).
+        sha256: the SHA-256 computed now.
+        expected: what was expected, in words (``sha256 ab12...``), for mismatches.
+        actual: what was found, in words, for mismatches.
+        checked: what the file was compared with (``pinned sha256``, ``recorded sha256``, ``pinned md5``).
+    """
+
+    name: str
+    path: Path | None
+    status: str
+    sha256: str | None = None
+    expected: str | None = None
+    actual: str | None = None
+    checked: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["path"] = str(self.path) if self.path else None
+        return d
+
+
+def _pins(spec: CheckpointSpec, meta: cache.FileMeta | None) -> tuple[str | None, str | None, int | None]:
+    """The pinned (sha256, md5, size) that apply to the cached bytes (those of the mirror that served them)."""
+    if meta is not None and meta.url:
+        for mirror in spec.mirrors():
+            if mirror.url == meta.url:
+                return mirror.sha256, mirror.md5, mirror.size
+    if meta is not None and meta.format and meta.format != spec.format:
+        return None, None, None
+    return spec.sha256, spec.md5, spec.size
+
+
+def verify_path(
+    path: Path,
+    name: str,
+    *,
+    sha256: str | None = None,
+    md5: str | None = None,
+    size: int | None = None,
+) -> VerifyResult:
+    """Re-hash ``path`` and compare it with pinned values and the SHA-256 recorded beside it."""
+    if not path.is_file():
+        return VerifyResult(name, None, "missing")
+    meta = cache.read_meta(path)
+    got_size = path.stat().st_size
+    got_sha256, got_md5 = hash_file(path, md5=md5 is not None)
+    checked = [
+        label
+        for label, value in (("pinned size", size), ("pinned sha256", sha256), ("pinned md5", md5))
+        if value is not None
+    ]
+    problem = _mismatch(sha256, md5, size, got_sha256, got_md5, got_size)
+    if problem is None and meta is not None:
+        checked.append("recorded sha256")
+        problem = _mismatch(meta.sha256, None, meta.size, got_sha256, None, got_size)
+    if problem is not None:
+        return VerifyResult(name, path, "mismatch", got_sha256, problem[0], problem[1], ", ".join(checked))
+    status = "ok" if checked else "unchecked"
+    return VerifyResult(name, path, status, got_sha256, checked=", ".join(checked))
+
+
+def verify(name: str, cache_dir: str | os.PathLike[str] | None = None) -> VerifyResult:
+    """Re-hash a cached checkpoint (or a library edit) and compare it with what is known about it."""
+    spec = find_spec(name)
+    if spec is None:
+        found = cache.find_library_file(name)
+        if found is None:
+            get_spec(name)  # raises UnknownCheckpointError
+        assert found is not None
+        return verify_path(found, name)
+    path = cache.checkpoint_path(spec, cache_dir)
+    if not path.is_file():
+        return VerifyResult(spec.name, None, "missing")
+    sha256, md5, size = _pins(spec, cache.read_meta(path))
+    return verify_path(path, spec.name, sha256=sha256, md5=md5, size=size)
+
+
+def verify_cached(cache_dir: str | os.PathLike[str] | None = None) -> list[VerifyResult]:
+    """Verify every cached checkpoint (registered or not) and every library edit."""
+    results = []
+    for row in list_models(cache_dir):
+        if not row.cached:
+            continue
+        if row.registered:
+            results.append(verify(row.name, cache_dir))
+        else:
+            results.append(verify_path(row.path, row.name))
+    results.extend(verify_path(e.path, e.name) for e in list_edits())
+    return results
+
+
+def remove(name: str, cache_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Delete a cached checkpoint (or a library edit) and its sidecar; return the removed paths (may be empty).
+
+    Raises:
+        UnknownCheckpointError: neither a registered checkpoint nor a library edit has that name.
+    """
+    spec = find_spec(name)
+    if spec is None:
+        found = cache.find_library_file(name)
+        if found is None:
+            get_spec(name)
+        assert found is not None
+        return cache.remove_file(found)
+    path = cache.checkpoint_path(spec, cache_dir)
+    removed = cache.remove_file(path)
+    for partial in path.parent.glob(f"{path.name}.*{cache.INCOMPLETE_SUFFIX}"):
+        removed.extend(cache.remove_file(partial))
+    return removed
+
+
+# -- import ---------------------------------------------------------------------------------------------------
+
+#: Key markers of each format family, used to recognise a hand-downloaded file.
+_MARKERS: dict[str, tuple[str, ...]] = {
+    "ddpm": ("temb.dense.0.weight", "conv_in.weight"),
+    "adm": ("time_embed.0.weight", "input_blocks.0.0.weight"),
+    "diffusers-ddpm": ("time_embedding.linear_1.weight", "conv_in.weight"),
+    "openai-clip": ("visual.conv1.weight", "positional_embedding"),
+    "facenet": ("conv2d_1a.conv.weight", "last_linear.weight"),
+}
+
+
+def _load_state_dict(path: Path) -> dict[str, Any]:
+    try:
+        from dclip_cli.models.io import load_state_dict_file
+    except ImportError:  # pragma: no cover - the models package ships with dclip
+        import torch
+
+        return dict(torch.load(path, map_location="cpu", weights_only=True))
+    return load_state_dict_file(path)
+
+
+def detect_format(state_dict: dict[str, Any]) -> str | None:
+    """The format family whose marker keys the state dict has (``ddpm``, ``adm``, ...), else ``None``."""
+    for fmt, markers in _MARKERS.items():
+        if all(key in state_dict for key in markers):
+            return fmt
+    return None
+
+
+def check_file(path: Path, spec: CheckpointSpec | None) -> str | None:
+    """Load ``path`` safely and check that it holds what ``spec`` describes; return the detected format family.
+
+    Without a spec (a fine-tuned edit for the library) the file must hold a diffusion state dict (DDPM or ADM).
+    With a spec and a known architecture, the keys must be exactly those of that architecture when the model
+    builder is available.
+
+    Raises:
+        UnsafeCheckpointError: the file needs arbitrary code to load.
+        CheckpointError: the file holds no state dict, or one of another format.
+        StateDictMismatchError: the keys do not fit the spec's architecture.
+    """
+    state_dict = _load_state_dict(path)
+    found = detect_format(state_dict)
+    want: tuple[str | None, ...]
+    if spec is None:
+        want = ("ddpm", "adm")
+    elif spec.format in ("finetuned", "dclip"):
+        want = (spec.arch,) if spec.arch else ("ddpm", "adm")
+    elif spec.format in ("ddpm", "diffusers-ddpm"):
+        want = ("ddpm", "diffusers-ddpm")  # a diffusers copy of a DDPM checkpoint is accepted and converted
+    else:
+        want = (spec.format,)
+    if found not in want:
+        what = f"a {found} checkpoint" if found else "no checkpoint format dclip recognises"
+        target = f"{spec.name!r} ({spec.format})" if spec else "a fine-tuned edit (a DDPM or ADM state dict)"
+        sample = ", ".join(sorted(state_dict)[:3])
+        raise CheckpointError(
+            f"{path} holds {what} (first keys: {sample}), not {target}.",
+            hint="Check that you downloaded the right file.",
+        )
+    if spec is not None and spec.arch and spec.arch_config and found in ("ddpm", "adm"):
+        _check_keys(path, state_dict, spec)
+    return found
+
+
+def _check_keys(path: Path, state_dict: dict[str, Any], spec: CheckpointSpec) -> None:
+    try:
+        from dclip_cli.models import build_model
+    except ImportError:  # the model builder is not available: the marker check above must do
+        return
+    assert spec.arch is not None and spec.arch_config is not None
+    model = build_model(spec.arch, spec.arch_config)
+    expected = {k: tuple(v.shape) for k, v in model.unet.state_dict().items()}
+    got = {k: tuple(getattr(v, "shape", ())) for k, v in state_dict.items()}
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} with other shapes (e.g. {k}: {got[k]} instead of {expected[k]})")
+        raise StateDictMismatchError(
+            f"{path} does not fit the {spec.arch} architecture of {spec.name!r}: keys "
+            + "; ".join(parts)
+            + ".",
+            hint="Check that you downloaded the file for this checkpoint.",
+        )
+
+
+def import_file(
+    path: str | os.PathLike[str],
+    name: str,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    check: bool = True,
+) -> Path:
+    """Copy a hand-downloaded file into the cache (registered ``name``) or the library (a new ``preset/edit``).
+
+    The file is loaded safely and its format (and, where the model builder is available, its keys) checked; for
+    a registered name its hash is checked against every pinned value of the spec and its mirrors. The SHA-256 is
+    recorded beside the stored copy so ``verify`` can detect later corruption.
+
+    Args:
+        path: the file the user downloaded.
+        name: a registered checkpoint name (``celeba_hq``, ``face/pixar``) or, for a fine-tuned edit of your
+            own, ``<preset>/<edit>``.
+        cache_dir: cache root for registered names.
+        overwrite: replace a file already stored under that name.
+        check: load the file and check its format and keys (set ``False`` for files dclip cannot parse yet).
+
+    Returns:
+        The path of the stored copy.
+
+    Raises:
+        CheckpointError: the file is missing or of the wrong format; ChecksumMismatchError: it does not match a
+        pinned hash; OutputExistsError: a file is already stored under ``name`` and ``overwrite`` is false.
+    """
+    src = Path(path).expanduser()
+    if not src.is_file():
+        raise CheckpointError(f"{src} is not a file.", hint="Pass the path of the file you downloaded.")
+    cache.validate_name(name)
+    spec = find_spec(name)
+    if spec is None:
+        return _import_edit(src, name, overwrite=overwrite, check=check)
+
+    found = check_file(src, spec) if check else None
+    # a diffusers copy of a DDPM checkpoint is a different file: only the pins of diffusers mirrors apply to it
+    arrived = "diffusers-ddpm" if found == "diffusers-ddpm" else spec.format
+    candidates = [(spec.sha256, spec.md5, spec.size)] if arrived == spec.format else []
+    candidates += [(m.sha256, m.md5, m.size) for m in spec.mirrors() if m.format == arrived]
+    size = src.stat().st_size
+    sha256, md5 = hash_file(src, md5=any(c[1] for c in candidates))
+    pinned = False
+    if candidates and all(any(v is not None for v in c) for c in candidates):
+        problems = [_mismatch(s, m, z, sha256, md5, size) for s, m, z in candidates]
+        if all(problems):
+            expected, actual = problems[0]  # type: ignore[misc]
+            raise ChecksumMismatchError(
+                f"The file {src} does not match the registry entry {spec.name!r}: expected {expected}, got "
+                f"{actual}. Nothing was imported.",
+                hint="The download may be truncated or another version of the file; download it again and "
+                "retry.",
+            )
+        pinned = True
+    elif any(c != (None, None, None) and _mismatch(*c, sha256, md5, size) is None for c in candidates):
+        pinned = True
+    dest = cache.checkpoint_path(spec, cache_dir)
+    cache.ensure_cache_dir(cache_dir)
+    _copy(src, dest, overwrite=overwrite, name=spec.name)
+    cache.write_meta(
+        dest,
+        cache.FileMeta(sha256, size, spec.name, arrived, "import", src.resolve().as_uri(), pinned, md5),
+    )
+    return dest
+
+
+def _import_edit(src: Path, name: str, *, overwrite: bool, check: bool) -> Path:
+    if "/" not in name:
+        raise UnknownCheckpointError(
+            f"No checkpoint named {name!r} is registered.",
+            hint="Import a registered checkpoint under its name (see 'dclip models list'), or a fine-tuned edit of "
+            "your own as <preset>/<edit>, for example face/my-edit.",
+        )
+    preset = name.split("/", 1)[0]
+    from dclip_cli.presets.manager import get_registry
+
+    get_registry().preset(preset)  # raises UnknownPresetError with the installed names
+    suffix = src.suffix.lower()
+    if suffix not in cache.LIBRARY_SUFFIXES:
+        raise ConfigError(
+            f"{src.name} does not look like a checkpoint (its suffix is {suffix or 'empty'}).",
+            hint=f"Fine-tuned edits are {', '.join(cache.LIBRARY_SUFFIXES)} files.",
+        )
+    if check:
+        check_file(src, None)
+    existing = cache.find_library_file(name)
+    dest = cache.library_path(name, suffix)
+    if existing is not None and existing != dest and overwrite:
+        cache.remove_file(existing)
+    elif existing is not None and existing != dest:
+        dest = existing  # let atomic_path report the clash under its real name
+    _copy(src, dest, overwrite=overwrite, name=name)
+    sha256, _ = hash_file(dest)
+    cache.write_meta(
+        dest, cache.FileMeta(sha256, dest.stat().st_size, name, None, "import", src.resolve().as_uri(), False)
+    )
+    return dest
+
+
+def _copy(src: Path, dest: Path, *, overwrite: bool, name: str) -> None:
+    from dclip_cli.errors import OutputExistsError
+
+    try:
+        with atomic_path(dest, overwrite=overwrite) as tmp:
+            shutil.copyfile(src, tmp)
+    except OutputExistsError as exc:
+        raise OutputExistsError(
+            f"{name!r} is already stored at {dest}.",
+            hint=f"Pass --overwrite to replace it, or remove it first with 'dclip models rm {name}'.",
+        ) from exc

@@ -1,0 +1,310 @@
+"""``dclip finetune``: fine-tune a diffusion model for text edits (DiffusionCLIP) and save the result."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dclip_cli.cli.options import (
+    CheckpointOpt,
+    DomainOpt,
+    EtaOpt,
+    InvStepsOpt,
+    OverwriteOpt,
+    SeedOpt,
+    StepsOpt,
+    T0Opt,
+)
+
+EXAMPLES = """
+Examples:
+
+  dclip finetune --domain church --text "gothic church"
+
+  dclip finetune --domain face --edit smiling --edit angry --epochs 5
+
+  dclip finetune --domain face --src "face" --trg "pixar face" --images photos/ -o pixar.safetensors
+
+  dclip finetune --domain dog --text "bear" --mode efficient --samples 30 --save-dtype fp16
+
+  dclip finetune --domain church --text "gothic church" --resume
+"""
+
+
+class Mode(str, enum.Enum):
+    original = "original"
+    efficient = "efficient"
+
+
+class SaveDtype(str, enum.Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+_LOSS_ORDER = ("clip", "l1", "id", "lpips", "total")
+
+
+def _format_losses(losses: dict[str, float] | None) -> str:
+    if not losses:
+        return ""
+    return "  ".join(f"{k} {losses[k]:.4f}" for k in _LOSS_ORDER if k in losses)
+
+
+class _Display:
+    """Turns the events of ``run_finetune`` into one Rich progress display on stderr."""
+
+    def __init__(self) -> None:
+        from dclip_cli import console
+
+        self.console = console
+        self.progress = console.make_progress()
+        self.tasks: dict[str, Any] = {}
+        self.last_losses: dict[str, float] | None = None
+
+    def __enter__(self) -> _Display:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def _print(self, text: str) -> None:
+        if not self.console.is_quiet():
+            self.progress.console.print(text, highlight=False)
+
+    def _task(self, name: str, description: str, total: float | None) -> Any:
+        task = self.tasks.get(name)
+        if task is None:
+            task = self.progress.add_task(description, total=total, status="")
+            self.tasks[name] = task
+        else:
+            self.progress.update(task, description=description, total=total)
+        return task
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        from rich.markup import escape
+
+        kind = event["kind"]
+        if kind == "status":
+            self._print(f"[dim]{escape(event['message'])}…[/dim]")
+        elif kind == "warning":
+            self.progress.console.print(
+                f"[yellow]Warning:[/yellow] {escape(event['message'])}", highlight=False
+            )
+        elif kind == "download":
+            task = self._task(f"download:{event['name']}", f"Downloading {event['name']}", event["total"])
+            self.progress.update(task, completed=event["done"])
+        elif kind == "progress":
+            labels = {"load": "Loading images", "sample": "Drawing samples", "invert": "Inverting images"}
+            task = self._task(event["phase"], labels.get(event["phase"], event["phase"]), event["total"])
+            self.progress.update(task, completed=event["done"])
+        elif kind == "pair_start":
+            self._pair_start(event)
+        elif kind == "step":
+            self._step(event)
+        elif kind == "epoch_end":
+            task = self.tasks["epochs"]
+            self.progress.update(task, completed=event["epoch"] + 1, status=_format_losses(event["losses"]))
+            preview = f"; preview {escape(str(event['preview']))}" if event.get("preview") else ""
+            self._print(
+                f"  epoch {event['epoch'] + 1}/{event['epochs']}: {_format_losses(event['losses'])}{preview}"
+            )
+
+    def _pair_start(self, event: dict[str, Any]) -> None:
+        from rich.markup import escape
+
+        pair, cfg = event["pair"], event["config"]
+        self._print(
+            f"[bold]Edit {event['index'] + 1}/{event['pairs']}[/bold] {escape(pair.key)}: "
+            f"{escape(repr(pair.src_text))} -> {escape(repr(pair.trg_text))} "
+            f"(t0 {cfg.t0}, {cfg.n_train_steps} steps, {cfg.mode}, lr {cfg.lr:g}; run folder "
+            f"{escape(str(event['run_dir']))})"
+        )
+        if event["start_epoch"]:
+            self._print(f"  resuming after epoch {event['start_epoch']}")
+        self._task("epochs", f"{pair.key}: epochs", cfg.epochs)
+        self.progress.update(self.tasks["epochs"], completed=event["start_epoch"], status="")
+        self._task("images", "  images", None)
+        self.progress.update(self.tasks["images"], completed=0)
+        self._task("steps", "  steps", cfg.n_train_steps)
+        self.progress.update(self.tasks["steps"], completed=0)
+
+    def _step(self, event: dict[str, Any]) -> None:
+        if event.get("losses") is not None:
+            self.last_losses = event["losses"]
+        status = f"{_format_losses(self.last_losses)}  lr {event['lr']:.3g}"
+        done = event["image"] + (event["batch_size"] if event["step"] == event["steps"] else 0)
+        self.progress.update(self.tasks["images"], total=event["images"], completed=done)
+        self.progress.update(
+            self.tasks["steps"], total=event["steps"], completed=event["step"], status=status
+        )
+
+
+def finetune_command(
+    ctx: typer.Context,
+    domain: DomainOpt = None,
+    text: Annotated[
+        list[str] | None,
+        typer.Option("--text", "-t", help="Target text (repeatable); the source is --src or the preset's."),
+    ] = None,
+    edit: Annotated[
+        list[str] | None, typer.Option("--edit", "-e", help="Named edit of the preset (repeatable).")
+    ] = None,
+    src: Annotated[str | None, typer.Option("--src", help="Source text (default: the preset's).")] = None,
+    trg: Annotated[str | None, typer.Option("--trg", help="Target text (same as --text).")] = None,
+    mode: Annotated[
+        Mode | None,
+        typer.Option("--mode", help="original: backprop through all steps; efficient: less GPU memory."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Epochs. Default: preset.")] = None,
+    lr: Annotated[
+        float | None, typer.Option("--lr", min=0.0, help="Adam learning rate. Default: preset.")
+    ] = None,
+    t0: T0Opt = None,
+    inv_steps: InvStepsOpt = None,
+    train_steps: Annotated[
+        int | None,
+        typer.Option("--train-steps", min=2, help="Points in the training sequence. Default: 6."),
+    ] = None,
+    gen_steps: StepsOpt = None,
+    clip_weight: Annotated[
+        float | None, typer.Option("--clip-weight", min=0.0, help="CLIP loss weight.")
+    ] = None,
+    l1_weight: Annotated[float | None, typer.Option("--l1-weight", min=0.0, help="L1 loss weight.")] = None,
+    id_weight: Annotated[
+        float | None, typer.Option("--id-weight", min=0.0, help="Identity loss weight (faces).")
+    ] = None,
+    lpips_weight: Annotated[
+        float | None, typer.Option("--lpips-weight", min=0.0, help="LPIPS weight.")
+    ] = None,
+    eta: EtaOpt = 0.0,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images", exists=True, readable=True, help="Folder of training photos (or one image)."
+        ),
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option("--samples", min=0, help="Training images drawn from the base model. Default: preset."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per optimizer batch.")] = 1,
+    seed: SeedOpt = 0,
+    clip_model: Annotated[
+        str, typer.Option("--clip-model", help="CLIP model name (ViT-B/16, ViT-B/32) or OpenAI CLIP file.")
+    ] = "ViT-B/16",
+    save_dtype: Annotated[
+        SaveDtype, typer.Option("--save-dtype", help="Precision of the saved weights.")
+    ] = SaveDtype.fp32,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the last finished epoch of the same run.")
+    ] = False,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option("--run-dir", file_okay=False, help="Run folder for previews and resumable state."),
+    ] = None,
+    previews: Annotated[
+        int, typer.Option("--previews", min=0, help="Held-out samples previewed after each epoch.")
+    ] = 4,
+    checkpoint: CheckpointOpt = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Artifact file (.safetensors) or folder. Default: the edit library."
+        ),
+    ] = None,
+    library: Annotated[
+        bool | None,
+        typer.Option(
+            "--library/--no-library", help="Also save into the edit library (default: only without -o)."
+        ),
+    ] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Fine-tune the diffusion model of a domain for text edits and save the result."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from dclip_cli import api, console
+    from dclip_cli.cli._common import get_state, load_registry_with_warnings
+
+    if domain is None:
+        raise typer.BadParameter("choose a domain, for example --domain face.", param_hint="'--domain'")
+    registry = load_registry_with_warnings()
+    preset = registry.preset(domain)
+    texts = list(text or [])
+    if trg is not None:
+        texts.append(trg)
+    overrides = {
+        "t0": t0,
+        "n_inv_steps": inv_steps,
+        "n_train_steps": train_steps,
+        "n_gen_steps": gen_steps,
+        "mode": mode.value if mode is not None else None,
+        "epochs": epochs,
+        "lr": lr,
+        "clip_weight": clip_weight,
+        "l1_weight": l1_weight,
+        "id_weight": id_weight,
+        "lpips_weight": lpips_weight,
+        "eta": eta,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+    state = get_state(ctx)
+    with _Display() as display:
+        result = api.run_finetune(
+            preset,
+            edits=list(edit or []),
+            texts=texts,
+            src_text=src,
+            images=images,
+            n_samples=samples,
+            overrides=overrides,
+            checkpoint=checkpoint,
+            clip_model=clip_model,
+            device=state.device,
+            output=output,
+            library=library,
+            save_dtype=save_dtype.value,
+            overwrite=overwrite,
+            run_dir=run_dir,
+            resume=resume,
+            n_preview=previews,
+            callback=display,
+        )
+
+    if not console.is_quiet():
+        table = Table(
+            title=f"Fine-tuned {len(result.pairs)} edit(s) of {preset.name} in {result.seconds:.1f} s"
+        )
+        table.add_column("edit", style="bold")
+        table.add_column("source -> target")
+        table.add_column("epochs", justify="right")
+        table.add_column("final losses")
+        table.add_column("time", justify="right")
+        table.add_column("artifact")
+        for r in result.pairs:
+            table.add_row(
+                escape(r.pair.key),
+                escape(f"{r.pair.src_text} -> {r.pair.trg_text}"),
+                str(r.config.epochs),
+                _format_losses(r.losses),
+                f"{r.seconds:.1f} s",
+                "\n".join(escape(str(p)) for p in r.artifacts),
+            )
+        console.err.print(table)
+        console.info(
+            f"{result.n_images} training image(s); latent cache: {result.cache_hits} hit(s), "
+            f"{result.cache_misses} computed."
+        )
+    for path in result.artifacts:
+        console.out.print(str(path), markup=False, highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("finetune", epilog=EXAMPLES)(finetune_command)
