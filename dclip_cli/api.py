@@ -22,11 +22,17 @@ from dclip_cli.checkpoints.store import import_file as import_checkpoint
 from dclip_cli.checkpoints.store import remove as remove_checkpoint
 from dclip_cli.checkpoints.store import verify as verify_checkpoint
 from dclip_cli.device import resolve_device
+from dclip_cli.editing import edit_images, mix_images, score_images, translate_images
 from dclip_cli.finetune import FinetuneConfig, finetune, run_finetune
 from dclip_cli.images import image_grid, load_and_prepare, load_image, sample_image_path, save_image
+from dclip_cli.latents import invert_images
 from dclip_cli.presets.manager import get_registry
 
 __all__ = [
+    "edit_images",
+    "mix_images",
+    "score_images",
+    "translate_images",
     "FinetuneConfig",
     "finetune",
     "load_artifact",
@@ -40,6 +46,7 @@ __all__ = [
     "get_spec",
     "image_grid",
     "import_checkpoint",
+    "invert_images",
     "list_edits",
     "list_models",
     "load_and_prepare",

@@ -363,7 +363,8 @@ def load_artifact(
     for attr in ("sha256", "source"):
         if attr in tuned.__dict__:
             tuned.__dict__[attr] = None
-    tuned.base_sha256 = info.base_sha256 or base_sha256 or getattr(base_model, "sha256", None)
-    tuned.artifact = info
+    # plain attributes (not parameters), set the way nn.Module stores them
+    tuned.__dict__["base_sha256"] = info.base_sha256 or base_sha256 or getattr(base_model, "sha256", None)
+    tuned.__dict__["artifact"] = info
     tuned.eval()
     return tuned

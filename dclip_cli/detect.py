@@ -68,7 +68,9 @@ def score_domains(clip: object, x: torch.Tensor, presets: Sequence[Preset]) -> l
     probs = zero_shot(clip, x, [p.domain_prompt for p in presets])  # type: ignore[arg-type]
     rows = []
     for row in probs.float().cpu():
-        pairs = sorted(zip((p.name for p in presets), (float(v) for v in row)), key=lambda kv: -kv[1])
+        pairs = sorted(
+            zip((p.name for p in presets), (float(v) for v in row), strict=True), key=lambda kv: -kv[1]
+        )
         rows.append(dict(pairs))
     return rows
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 SCHEDULE_FORMAT_HINT = (
-    'Write the schedule as THRESHOLD:W1,W2,...;...;0:W1,W2,... with thresholds descending to 0 and one weight per '
+    "Write the schedule as THRESHOLD:W1,W2,...;...;0:W1,W2,... with thresholds descending to 0 and one weight per "
     'model, e.g. "300:0.5,0.5;0:0.3,0.7".'
 )
 
@@ -68,7 +68,9 @@ def _entry_label(index: int, text: str) -> str:
     return f'Schedule entry {index} "{text}"'
 
 
-def parse_mix_schedule(text: str, n_members: int, *, member_names: Sequence[str] | None = None) -> list[MixEntry]:
+def parse_mix_schedule(
+    text: str, n_members: int, *, member_names: Sequence[str] | None = None
+) -> list[MixEntry]:
     """Parse a ``--schedule`` string such as ``"300:0.5,0.5;0:0.3,0.7"``.
 
     Entries are separated by ``;``; each is ``THRESHOLD:W1,W2,...``. An entry applies to timesteps t with
@@ -88,9 +90,13 @@ def parse_mix_schedule(text: str, n_members: int, *, member_names: Sequence[str]
         InvalidScheduleError: naming the entry and the part of it that is wrong.
     """
     names = list(member_names) if member_names is not None else [f"model {i + 1}" for i in range(n_members)]
-    members = f"{n_members} model{'s' if n_members != 1 else ''} ({', '.join(names)})" if names else "0 models"
+    members = (
+        f"{n_members} model{'s' if n_members != 1 else ''} ({', '.join(names)})" if names else "0 models"
+    )
     if n_members < 1:
-        raise InvalidScheduleError("There is nothing to mix: no models were given.", hint="Pass --to or --model.")
+        raise InvalidScheduleError(
+            "There is nothing to mix: no models were given.", hint="Pass --to or --model."
+        )
     raw = text.strip()
     if not raw:
         raise InvalidScheduleError("The mixing schedule is empty.", hint=SCHEDULE_FORMAT_HINT)
@@ -99,8 +105,16 @@ def parse_mix_schedule(text: str, n_members: int, *, member_names: Sequence[str]
     for index, part in enumerate(parts, start=1):
         chunk = part.strip()
         if not chunk:
-            where = "a trailing ';'" if index == len(parts) else "two ';' in a row" if index > 1 else "a leading ';'"
-            raise InvalidScheduleError(f"Schedule entry {index} is empty ({where}).", hint=SCHEDULE_FORMAT_HINT)
+            where = (
+                "a trailing ';'"
+                if index == len(parts)
+                else "two ';' in a row"
+                if index > 1
+                else "a leading ';'"
+            )
+            raise InvalidScheduleError(
+                f"Schedule entry {index} is empty ({where}).", hint=SCHEDULE_FORMAT_HINT
+            )
         label = _entry_label(index, chunk)
         if chunk.count(":") != 1:
             problem = "has no ':'" if ":" not in chunk else "has more than one ':'"
@@ -151,13 +165,14 @@ def parse_mix_schedule(text: str, n_members: int, *, member_names: Sequence[str]
             weights.append(w)
         if sum(weights) <= 0:
             raise InvalidScheduleError(
-                f"{label}: the weights sum to 0; at least one weight must be positive.", hint=SCHEDULE_FORMAT_HINT
+                f"{label}: the weights sum to 0; at least one weight must be positive.",
+                hint=SCHEDULE_FORMAT_HINT,
             )
         entries.append(MixEntry(threshold, tuple(weights)))
     if entries[-1].threshold != 0:
         last = parts[-1].strip()
         raise InvalidScheduleError(
-            f'{_entry_label(len(entries), last)} has threshold {entries[-1].threshold}, but the last entry must have '
+            f"{_entry_label(len(entries), last)} has threshold {entries[-1].threshold}, but the last entry must have "
             "threshold 0 so that every timestep down to 0 has weights.",
             hint=SCHEDULE_FORMAT_HINT,
         )
@@ -192,7 +207,9 @@ def parse_sweep(text: str) -> list[float]:
     values: list[float] = []
     for index, part in enumerate(parts, start=1):
         if not part:
-            raise ConfigError(f"--sweep value {index} is empty (two commas in a row or a trailing comma).", hint=hint)
+            raise ConfigError(
+                f"--sweep value {index} is empty (two commas in a row or a trailing comma).", hint=hint
+            )
         try:
             value = float(part)
         except ValueError:
@@ -265,7 +282,9 @@ def resolve_target(preset: Preset, to: str, src: str | None = None) -> EditTarge
     """
     to = to.strip()
     if not to:
-        raise ConfigError("--to is empty.", hint="Pass a named edit (see 'dclip presets show') or a target text.")
+        raise ConfigError(
+            "--to is empty.", hint="Pass a named edit (see 'dclip presets show') or a target text."
+        )
     if to in preset.edits:
         edit = preset.edits[to]
         if src is not None and src.strip() != edit.src:
@@ -433,7 +452,9 @@ def plan_outputs(
             image=image,
             sidecar=base.with_name(f"{base.name}.json"),
             compare=base.with_name(f"{base.name}.compare.png") if compare else None,
-            intermediates=tuple(base.with_name(f"{base.name}.round{i:02d}.png") for i in range(1, intermediates + 1)),
+            intermediates=tuple(
+                base.with_name(f"{base.name}.round{i:02d}.png") for i in range(1, intermediates + 1)
+            ),
         )
         for path in plan.all():
             key = path.resolve()
@@ -618,7 +639,11 @@ class Session:
     """
 
     def __init__(
-        self, *, device: str | None = "auto", clip_model: str = DEFAULT_CLIP_MODEL, reporter: Reporter | None = None
+        self,
+        *,
+        device: str | None = "auto",
+        clip_model: str = DEFAULT_CLIP_MODEL,
+        reporter: Reporter | None = None,
     ) -> None:
         from dclip_cli.device import resolve_device
         from dclip_cli.presets.manager import get_registry
@@ -657,7 +682,11 @@ class Session:
         return self.registry.preset(name)
 
     def presets(self) -> list[Preset]:
-        return [self.registry.presets[n] for n in sorted(self.registry.presets) if n not in self.registry.duplicates]
+        return [
+            self.registry.presets[n]
+            for n in sorted(self.registry.presets)
+            if n not in self.registry.duplicates
+        ]
 
     # -- networks -----------------------------------------------------------------------------------------------
 
@@ -697,7 +726,9 @@ class Session:
 
             path = self.fetch(preset.checkpoint)
             sha = self.known_sha256(path)
-            model = load_diffusion_model(path, arch=preset.arch, config=preset.arch_config, device=self.device)
+            model = load_diffusion_model(
+                path, arch=preset.arch, config=preset.arch_config, device=self.device
+            )
             model.sha256 = sha  # lets artifacts check that an edit model belongs to this base
             model.requires_grad_(False)
             loaded = LoadedModel(model, "base", preset.checkpoint, path, sha, "preset")
@@ -755,9 +786,9 @@ class Session:
 
     # -- inputs -------------------------------------------------------------------------------------------------
 
-    def load_inputs(self, paths: Sequence[Path], size: int, preset: Preset | None = None) -> tuple[
-        list[InputImage], list[tuple[Path, str]]
-    ]:
+    def load_inputs(
+        self, paths: Sequence[Path], size: int, preset: Preset | None = None
+    ) -> tuple[list[InputImage], list[tuple[Path, str]]]:
         """Load and prepare every input; unreadable ones are returned as ``(path, reason)`` instead."""
         from dclip_cli import images
 
@@ -782,7 +813,9 @@ class Session:
             ok.append(InputImage(path, x0, info))
         return ok, failed
 
-    def choose_preset(self, domain: str | None, inputs: Sequence[InputImage], label: str) -> tuple[Preset, Any]:
+    def choose_preset(
+        self, domain: str | None, inputs: Sequence[InputImage], label: str
+    ) -> tuple[Preset, Any]:
         """``--domain`` when given, else CLIP zero-shot detection over the installed presets' domain prompts."""
         from dclip_cli.detect import Detection, detect_domain
 
@@ -833,7 +866,9 @@ def _artifact_model(
     )
 
 
-def find_library_match(preset: Preset, src_text: str, trg_text: str, *, base_sha256: str | None, t0: int) -> Path | None:
+def find_library_match(
+    preset: Preset, src_text: str, trg_text: str, *, base_sha256: str | None, t0: int
+) -> Path | None:
     """The newest artifact in the edit library made for this preset's base with these texts and this t0.
 
     An artifact matches when its metadata records the same source and target text and the same t0, and was made
@@ -971,7 +1006,9 @@ def resolve_edit_model(
             detail = exc.message if isinstance(exc, DclipError) else str(exc)
             if not allow_finetune:
                 raise
-            reporter.warn(f"The official model for {target.key!r} is not available ({detail}); fine-tuning instead.")
+            reporter.warn(
+                f"The official model for {target.key!r} is not available ({detail}); fine-tuning instead."
+            )
 
     # 4. fine-tune now and store in the library
     if not allow_finetune:
@@ -1049,7 +1086,13 @@ def _finetune_now(
         src_text=target.src if target.key is None else None,
         images=list(images) if images else None,
         n_samples=n_samples,
-        overrides={"t0": t0, "n_inv_steps": n_inv_steps, "n_gen_steps": n_gen_steps, "epochs": 1, "seed": seed},
+        overrides={
+            "t0": t0,
+            "n_inv_steps": n_inv_steps,
+            "n_gen_steps": n_gen_steps,
+            "epochs": 1,
+            "seed": seed,
+        },
         base_model=base.model,
         base_checkpoint=base.name,
         base_sha256=base.sha256,
@@ -1137,7 +1180,9 @@ def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 
 def _check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}.", hint="Use --batch-size 1.")
+        raise ConfigError(
+            f"--batch-size must be a positive integer, got {batch_size!r}.", hint="Use --batch-size 1."
+        )
     return batch_size
 
 
@@ -1222,6 +1267,31 @@ def _read_latent(path: Path, n_inputs: int) -> tuple[Any, dict[str, Any]]:
     return x_lat, dict(meta or {})
 
 
+def _check_latent(
+    path: Path,
+    x_lat: Any,
+    meta: dict[str, Any],
+    base: LoadedModel,
+    settings: SamplingSettings,
+    inp: InputImage,
+    preset: Preset,
+    reporter: Reporter,
+) -> None:
+    """Refuse a ``--latent`` made with another model, t0, step count or image size; warn about another image."""
+    from dclip_cli.latents import check_latent
+
+    check_latent(meta, path=path, model_sha256=base.sha256, t0=settings.t0, steps=settings.n_inv_steps)
+    if tuple(x_lat.shape[-3:]) != tuple(inp.x0.shape[-3:]):
+        raise ConfigError(
+            f"The latent {path} has shape {tuple(x_lat.shape)}, which does not fit the preset's "
+            f"{preset.image_size}x{preset.image_size} images.",
+            hint=f"Invert the image with 'dclip invert --domain {preset.name}'.",
+        )
+    image_sha = meta.get("image_sha256")
+    if image_sha and image_sha != inp.info.get("image_sha256"):
+        reporter.warn(f"The latent {path} was inverted from another image than {inp.path}.")
+
+
 def _phase_callback(reporter: Reporter, phase: str, total: int) -> Callable[[dict[str, Any]], None]:
     state = {"first": True}
 
@@ -1241,26 +1311,83 @@ def _clean(paths: Sequence[Path]) -> None:
             p.unlink()
 
 
-def _invert_batch(
+def _invert_and_reconstruct(
     session: Session,
     base: LoadedModel,
     x0: Any,
     settings: SamplingSettings,
-    total_calls: int,
-    latents: Any = None,
-) -> Any:
-    """DDIM inversion of a batch with the base model (reference section 5; always the base model, η = 0)."""
+    *,
+    need_rec: bool,
+    inv_total: int,
+    rec_total: int,
+    latent: Any = None,
+    use_cache: bool = True,
+) -> tuple[Any, Any]:
+    """DDIM inversion with the base model (always the base model, η = 0; reference sections 5 and 7.1) and,
+    when ``need_rec``, the base model's reconstruction generated with the run's settings.
+
+    Inversions are kept in the content-keyed latent cache (image content, base SHA-256, t0, inversion steps;
+    FIX 12); the cached reconstruction is reused when it is the same computation (same step count, η = 0).
+
+    Returns:
+        ``(x_lat, x_rec)``, both (B, 3, S, S) on the session's device; ``x_rec`` is ``None`` unless ``need_rec``.
+    """
+    import torch
+
     from dclip_cli.diffusion.ddim import invert
 
-    if latents is not None:
-        return latents.to(session.device)
-    return invert(
-        base.model,
-        x0,
-        t0=settings.t0,
-        n_steps=settings.n_inv_steps,
-        callback=_phase_callback(session.reporter, "inversion", total_calls),
-    )
+    reporter = session.reporter
+    n = x0.shape[0]
+    if latent is not None:
+        x_lat = latent.to(session.device)
+        x_rec = (
+            _generate(session, base.model, x_lat, settings, "reconstruction", rec_total) if need_rec else None
+        )
+        return x_lat, x_rec
+    same = settings.n_gen_steps == settings.n_inv_steps and settings.eta == 0
+    cache = None
+    lat: list[Any] = [None] * n
+    rec: list[Any] = [None] * n
+    if use_cache and base.sha256:
+        from dclip_cli.checkpoints.cache import cache_dir
+        from dclip_cli.latents import LatentCache
+
+        cache = LatentCache(cache_dir() / "latents")
+        for i in range(n):
+            hit = cache.get(x0[i : i + 1].detach().cpu(), base.sha256, settings.t0, settings.n_inv_steps)
+            if hit is not None:
+                lat[i] = hit[0].to(session.device)
+                rec[i] = hit[1].to(session.device) if same else None
+    misses = [i for i in range(n) if lat[i] is None]
+    if misses:
+        x_miss = invert(
+            base.model,
+            x0[misses],
+            t0=settings.t0,
+            n_steps=settings.n_inv_steps,
+            callback=_phase_callback(reporter, "inversion", inv_total),
+        )
+        for j, i in enumerate(misses):
+            lat[i] = x_miss[j : j + 1]
+    else:
+        reporter.progress("inversion", advance=settings.n_inv_steps - 1, total=inv_total, status="cached")
+    x_lat = torch.cat(lat)
+    x_rec = None
+    if need_rec:
+        if all(r is not None for r in rec):
+            x_rec = torch.cat(rec)
+            reporter.progress(
+                "reconstruction", advance=settings.n_gen_steps, total=rec_total, status="cached"
+            )
+        else:
+            x_rec = _generate(session, base.model, x_lat, settings, "reconstruction", rec_total)
+        if cache is not None and same:
+            for i in misses:
+                cache.put(
+                    x0[i : i + 1].detach().cpu(), str(base.sha256), settings.t0, settings.n_inv_steps,
+                    x_lat[i : i + 1], x_rec[i : i + 1],
+                )  # fmt: skip
+    return x_lat, x_rec
 
 
 def _generate(
@@ -1354,7 +1481,7 @@ def edit_images(
 
     from dclip_cli import images
     from dclip_cli.diffusion.mixing import blend
-    from dclip_cli.manifest import Timings, build_manifest, input_record, write_manifest
+    from dclip_cli.manifest import Timings, build_manifest, input_record
     from dclip_cli.metrics import compute_metrics
 
     # 1. everything that can be checked without a model
@@ -1396,7 +1523,7 @@ def edit_images(
     wanted_t0 = t0 if t0 is not None else (int(lat_t0) if lat_t0 is not None else None)
     if wanted_t0 is None and target.edit is not None and target.edit.t0 is not None:
         wanted_t0 = target.edit.t0
-    lat_steps = latent_meta.get("n_steps") or latent_meta.get("n_inv_steps")
+    lat_steps = latent_meta.get("steps")
     provisional = _settings_for(
         preset,
         t0=wanted_t0,
@@ -1429,33 +1556,29 @@ def edit_images(
             preset, t0=edit_model.t0, n_inv_steps=provisional.n_inv_steps, n_gen_steps=provisional.n_gen_steps,
             eta=eta, seed=seed,
         )  # fmt: skip
-    if latent_x is not None and tuple(latent_x.shape[-3:]) != tuple(inputs[0].x0.shape[-3:]):
-        raise ConfigError(
-            f"The latent {latent} has shape {tuple(latent_x.shape)}, which does not fit the preset's "
-            f"{preset.image_size}x{preset.image_size} images.",
-            hint=f"Invert the image with 'dclip invert --domain {preset.name}'.",
-        )
+    if latent_x is not None:
+        _check_latent(Path(latent), latent_x, latent_meta, base, settings, inputs[0], preset, reporter)  # type: ignore[arg-type]
     with timings.measure("model"):
         metric_models = session.metric_models(preset, metrics)
     need_rec = "psnr" in metrics or compare or bool(sweep)
 
     # 4. invert, reconstruct, generate, score and write, batch by batch
-    batch_list = _batches(list(zip(inputs, plans)), batch_size)
+    batch_list = _batches(list(zip(inputs, plans, strict=True)), batch_size)
     n_batches = len(batch_list)
     inv_total = (settings.n_inv_steps - 1) * n_batches if latent_x is None else 0
     gen_total = settings.n_gen_steps * n_batches * len(strengths)
     rec_total = settings.n_gen_steps * n_batches if need_rec else 0
     base_model = base.model
+    main_index = len(strengths) - 1
     results: list[ImageResult] = []
     for batch in batch_list:
         batch_timings = Timings()
         x0 = torch.cat([inp.x0 for inp, _ in batch]).to(session.device)
         with batch_timings.measure("inversion"):
-            x_lat = _invert_batch(session, base, x0, settings, inv_total, latent_x)
-        x_rec = None
-        if need_rec:
-            with batch_timings.measure("reconstruction"):
-                x_rec = _generate(session, base_model, x_lat, settings, "reconstruction", rec_total)
+            x_lat, x_rec = _invert_and_reconstruct(
+                session, base, x0, settings, need_rec=need_rec, inv_total=inv_total, rec_total=rec_total,
+                latent=latent_x,
+            )  # fmt: skip
         edits: list[Any] = []
         with batch_timings.measure("generation"):
             for s in strengths:
@@ -1474,23 +1597,12 @@ def edit_images(
                 for x_edit in edits
             ]
         for i, (inp, plan) in enumerate(batch):
-            written: list[Path] = []
-            try:
-                main_index = len(strengths) - 1
-                if sweep:
-                    panels = [x0[i], x_rec[i]] + [e[i] for e in edits]  # type: ignore[index]
-                    labels = ["input", "reconstruction"] + [_strength_label(s) for s in strengths]
-                    images.save_image(images.image_grid(panels, labels), plan.image, overwrite=overwrite)
-                else:
-                    images.save_image(edits[0][i], plan.image, overwrite=overwrite)
-                written.append(plan.image)
-                if plan.compare is not None:
-                    label = f"edit: {target.tag}" + (f" ({_strength_label(strength)})" if strength != 1 else "")
-                    panels = [x0[i], x_rec[i], edits[0][i]]  # type: ignore[index]
-                    grid = images.image_grid(panels, ["input", "reconstruction", label])
-                    images.save_image(grid, plan.compare, overwrite=overwrite)
-                    written.append(plan.compare)
-                row = rows_by_strength[main_index][i]
+            row = rows_by_strength[main_index][i]
+
+            def build(
+                inp: InputImage = inp, plan: OutputSet = plan, row: dict[str, float] = row, i: int = i,
+                batch_timings: Timings = batch_timings, rows_by_strength: list[Any] = rows_by_strength,
+            ) -> dict[str, Any]:  # fmt: skip
                 run_settings = {
                     "domain": preset.name,
                     "domain_detection": _detection_dict(detection),
@@ -1512,32 +1624,49 @@ def edit_images(
                     "device": str(session.device),
                     "preprocess": {k: v for k, v in inp.info.items() if k not in ("path", "image_sha256")},
                 }
-                models = [base.record(), edit_model.record()]
+                models_doc = [base.record(), edit_model.record()]
                 if metric_models.clip is not None:
-                    models.append(session.clip_record())
-                models.extend(session.extra_models)
+                    models_doc.append(session.clip_record())
+                models_doc.extend(session.extra_models)
                 extra = {}
                 if sweep:
                     extra["sweep"] = [
                         {"strength": s, "metrics": rows_by_strength[k][i]} for k, s in enumerate(strengths)
                     ]
-                doc = build_manifest(
+                return build_manifest(
                     command="edit",
                     inputs=[input_record(inp.path)],
                     outputs={"image": plan.image.resolve(), "compare": plan.compare, "sidecar": plan.sidecar},
                     settings=run_settings,
                     seed=seed,
-                    models=models,
-                    timings={**timings.phases, **batch_timings.phases, "total": time.perf_counter() - started},
+                    models=models_doc,
+                    timings={
+                        **timings.phases,
+                        **batch_timings.phases,
+                        "total": time.perf_counter() - started,
+                    },
                     metrics=row,
                     device=str(session.device),
                     extra=extra,
                 )
-                write_manifest(plan.sidecar, doc, overwrite=overwrite)
-                written.append(plan.sidecar)
-            except BaseException:
-                _clean(written)
-                raise
+
+            if sweep:
+                panels = [x0[i], x_rec[i]] + [e[i] for e in edits]  # type: ignore[index]
+                labels = ["input", "reconstruction"] + [_strength_label(s) for s in strengths]
+                main: Any = images.image_grid(panels, labels)
+            else:
+                main = edits[0][i]
+            compare_panels = None
+            if x_rec is not None and plan.compare is not None:
+                suffix = f" ({_strength_label(strength)})" if strength != 1 else ""
+                compare_panels = (
+                    [x0[i], x_rec[i], edits[0][i]],
+                    ["input", "reconstruction", f"edit: {target.tag}{suffix}"],
+                )
+            doc = _save_outputs(
+                plan=plan, main=main, compare_panels=compare_panels, intermediates=(), doc_builder=build,
+                overwrite=overwrite,
+            )  # fmt: skip
             results.append(ImageResult(inp.path, plan, row, doc))
     return RunReport(results, failed, preset.name, detection, [base, edit_model])
 
@@ -1546,3 +1675,522 @@ def _detection_dict(detection: Any) -> dict[str, Any] | None:
     if detection is None:
         return {"method": "requested"}
     return {"method": detection.method, "confidence": detection.confidence, "scores": detection.scores}
+
+
+def _save_outputs(
+    *,
+    plan: OutputSet,
+    main: Any,
+    compare_panels: tuple[list[Any], list[str]] | None,
+    intermediates: Sequence[Any],
+    doc_builder: Callable[[], dict[str, Any]],
+    overwrite: bool,
+) -> dict[str, Any]:
+    """Write one input's image, optional compare sheet and intermediates, then its sidecar; on any failure remove
+    what was written for it, so no partial set is left."""
+    from dclip_cli import images
+    from dclip_cli.manifest import write_manifest
+
+    written: list[Path] = []
+    try:
+        images.save_image(main, plan.image, overwrite=overwrite)
+        written.append(plan.image)
+        if plan.compare is not None and compare_panels is not None:
+            grid = images.image_grid(compare_panels[0], compare_panels[1])
+            images.save_image(grid, plan.compare, overwrite=overwrite)
+            written.append(plan.compare)
+        for path, x in zip(plan.intermediates, intermediates, strict=True):
+            images.save_image(x, path, overwrite=overwrite)
+            written.append(path)
+        doc = doc_builder()
+        write_manifest(plan.sidecar, doc, overwrite=overwrite)
+        written.append(plan.sidecar)
+    except BaseException:
+        _clean(written)
+        raise
+    return doc
+
+
+def mix_images(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    to: Sequence[str] = (),
+    models: Sequence[str] = (),
+    with_base: bool = False,
+    schedule: str | Sequence[MixEntry] | None = None,
+    src: str | None = None,
+    domain: str | None = None,
+    t0: int | None = None,
+    n_inv_steps: int | None = None,
+    n_gen_steps: int | None = None,
+    eta: float = 0.0,
+    seed: int = 0,
+    latent: str | os.PathLike[str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    compare: bool = False,
+    output: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    metrics: Sequence[str] = ALL_METRICS,
+    allow_finetune: bool = True,
+    finetune_samples: int = QUICK_SAMPLES,
+    device: str | None = "auto",
+    clip_model: str = DEFAULT_CLIP_MODEL,
+    reporter: Reporter | None = None,
+    session: Session | None = None,
+) -> RunReport:
+    """Multi-attribute editing by noise combination (reference section 7.2, dclip's fixed version).
+
+    The members, in order: one edit model per ``to`` (resolved as in :func:`edit_images`), then one per
+    ``models`` entry (a file or name), then the base model when ``with_base``. At each generation step the
+    members' noise predictions are combined with the weights of the schedule entry whose threshold is the first
+    one <= t (weights normalised). The schedule is validated before any model is loaded.
+
+    Args:
+        schedule: a ``--schedule`` string (``"300:0.5,0.5;0:0.3,0.7"``), parsed entries, or ``None`` for equal
+            weights at every step.
+        Other arguments: as for :func:`edit_images`.
+    """
+    import time
+
+    import torch
+
+    from dclip_cli.diffusion.mixing import mix
+    from dclip_cli.manifest import Timings, build_manifest, input_record
+    from dclip_cli.metrics import compute_metrics
+
+    # 1. the schedule, before anything is loaded
+    names = [*to, *(Path(m).name for m in models), *(["base"] if with_base else [])]
+    if not to and not models:
+        raise ConfigError("dclip mix needs at least one --to or --model.", hint="Pass --to A --to B.")
+    if isinstance(schedule, str):
+        entries = parse_mix_schedule(schedule, len(names), member_names=names)
+    elif schedule is None:
+        entries = default_mix_schedule(len(names))
+    else:
+        entries = list(schedule)
+        if any(len(e.weights) != len(names) for e in entries):
+            raise InvalidScheduleError(
+                f"Every schedule entry needs {len(names)} weights ({', '.join(names)})."
+            )
+    _check_batch_size(batch_size)
+    metrics = tuple(metrics)
+    session = session or Session(device=device, clip_model=clip_model, reporter=reporter)
+    reporter = session.reporter
+    started = time.perf_counter()
+
+    # 2. inputs, domain, targets, outputs
+    preset, detection, inputs, failed = _prepare_run(session, paths, domain)
+    targets = [resolve_target(preset, t, src) for t in to]
+    tag = "mix-" + "+".join([*(t.tag for t in targets), *(slugify(Path(m).stem) for m in models)])
+    if with_base:
+        tag += "+base"
+    latent_x, latent_meta = (None, {})
+    if latent is not None:
+        latent_x, latent_meta = _read_latent(Path(latent), len(inputs))
+    plans = plan_outputs([inp.path for inp in inputs], tag, output, compare=compare, overwrite=overwrite)
+    lat_t0 = latent_meta.get("t0")
+    if lat_t0 is not None and t0 is not None and int(lat_t0) != t0:
+        raise ConfigError(
+            f"The latent {latent} was inverted to t0 = {lat_t0}, but --t0 {t0} was given.",
+            hint="Drop --t0 (the latent's t0 is used).",
+        )
+    wanted_t0 = t0 if t0 is not None else (int(lat_t0) if lat_t0 is not None else None)
+    if wanted_t0 is None:
+        edit_t0s = {t.edit.t0 for t in targets if t.edit is not None and t.edit.t0 is not None}
+        if len(edit_t0s) == 1:
+            wanted_t0 = edit_t0s.pop()
+    lat_steps = latent_meta.get("steps")
+    settings = _settings_for(
+        preset,
+        t0=wanted_t0,
+        n_inv_steps=n_inv_steps if n_inv_steps is not None else (int(lat_steps) if lat_steps else None),
+        n_gen_steps=n_gen_steps,
+        eta=eta,
+        seed=seed,
+    )
+
+    # 3. the members
+    timings = Timings()
+    members: list[LoadedModel] = []
+    with timings.measure("model"):
+        base = session.base(preset)
+        for target in targets:
+            members.append(
+                resolve_edit_model(
+                    session, preset, target, t0=settings.t0, n_inv_steps=settings.n_inv_steps,
+                    n_gen_steps=settings.n_gen_steps, allow_finetune=allow_finetune,
+                    finetune_images=[inp.path for inp in inputs], finetune_samples=finetune_samples, seed=seed,
+                )
+            )  # fmt: skip
+        for m in models:
+            placeholder = EditTarget(
+                key=None, src=src or preset.source_text, trg=m, tag=slugify(Path(m).stem)
+            )
+            members.append(
+                resolve_edit_model(
+                    session, preset, placeholder, t0=settings.t0, n_inv_steps=settings.n_inv_steps,
+                    n_gen_steps=settings.n_gen_steps, model=m,
+                )
+            )  # fmt: skip
+        eps_models = [m.model for m in members] + ([base.model] if with_base else [])
+        mixed = mix(eps_models, [(e.threshold, list(e.weights)) for e in entries])
+        metric_models = session.metric_models(preset, metrics)
+    if latent_x is not None:
+        _check_latent(Path(latent), latent_x, latent_meta, base, settings, inputs[0], preset, reporter)  # type: ignore[arg-type]
+    reporter.info(f"Mixing {', '.join(names)} with the schedule {format_mix_schedule(entries)}.")
+    if wanted_t0 is None:
+        member_t0s = {m.t0 for m in members if m.t0 is not None}
+        if len(member_t0s) > 1:
+            reporter.warn(
+                f"The edit models were fine-tuned at different t0 ({', '.join(map(str, sorted(member_t0s)))}); "
+                f"using t0 = {settings.t0}. Pass --t0 to choose."
+            )
+    need_rec = "psnr" in metrics or compare
+
+    # 4. batches
+    batch_list = _batches(list(zip(inputs, plans, strict=True)), batch_size)
+    n_batches = len(batch_list)
+    inv_total = (settings.n_inv_steps - 1) * n_batches if latent_x is None else 0
+    gen_total = settings.n_gen_steps * n_batches
+    rec_total = settings.n_gen_steps * n_batches if need_rec else 0
+    # texts for the CLIP metrics: the combined target of the --to edits
+    src_text = targets[0].src if targets else (src or preset.source_text)
+    trg_text = " and ".join(t.trg for t in targets) if targets else None
+    results: list[ImageResult] = []
+    for batch in batch_list:
+        batch_timings = Timings()
+        x0 = torch.cat([inp.x0 for inp, _ in batch]).to(session.device)
+        with batch_timings.measure("inversion"):
+            x_lat, x_rec = _invert_and_reconstruct(
+                session, base, x0, settings, need_rec=need_rec, inv_total=inv_total, rec_total=rec_total,
+                latent=latent_x,
+            )  # fmt: skip
+        with batch_timings.measure("generation"):
+            x_mix = _generate(session, mixed, x_lat, settings, "generation", gen_total)
+        with batch_timings.measure("metrics"):
+            rows = compute_metrics(
+                metric_models, x_src=x0, x_edit=x_mix, src_text=src_text, trg_text=trg_text,
+                x_rec=x_rec if "psnr" in metrics else None,
+            )  # fmt: skip
+        for i, (inp, plan) in enumerate(batch):
+
+            def build(
+                inp: InputImage = inp, plan: OutputSet = plan, row: dict[str, float] = rows[i],
+                batch_timings: Timings = batch_timings,
+            ) -> dict[str, Any]:  # fmt: skip
+                member_records = [m.record("mix-member") for m in members]
+                if with_base:
+                    member_records.append(base.record("mix-member"))
+                models_doc = [base.record(), *member_records]
+                if metric_models.clip is not None:
+                    models_doc.append(session.clip_record())
+                models_doc.extend(session.extra_models)
+                return build_manifest(
+                    command="mix",
+                    inputs=[input_record(inp.path)],
+                    outputs={"image": plan.image.resolve(), "compare": plan.compare, "sidecar": plan.sidecar},
+                    settings={
+                        "domain": preset.name,
+                        "domain_detection": _detection_dict(detection),
+                        "members": names,
+                        "to": list(to),
+                        "models": [str(m) for m in models],
+                        "with_base": with_base,
+                        "schedule": format_mix_schedule(entries),
+                        "schedule_normalized": [
+                            {"threshold": e.threshold, "weights": list(e.normalized)} for e in entries
+                        ],
+                        "src_text": src_text,
+                        "trg_text": trg_text,
+                        "t0": settings.t0,
+                        "n_inv_steps": settings.n_inv_steps,
+                        "n_gen_steps": settings.n_gen_steps,
+                        "eta": settings.eta,
+                        "batch_size": batch_size,
+                        "latent": str(Path(latent).resolve()) if latent is not None else None,
+                        "clip_model": session.clip_model,
+                        "metrics": list(metrics),
+                        "device": str(session.device),
+                    },
+                    seed=seed,
+                    models=models_doc,
+                    timings={
+                        **timings.phases,
+                        **batch_timings.phases,
+                        "total": time.perf_counter() - started,
+                    },
+                    metrics=row,
+                    device=str(session.device),
+                )
+
+            compare_panels = None
+            if x_rec is not None:
+                compare_panels = (
+                    [x0[i], x_rec[i], x_mix[i]],
+                    ["input", "reconstruction", f"mix: {', '.join(names)}"],
+                )
+            doc = _save_outputs(
+                plan=plan, main=x_mix[i], compare_panels=compare_panels, intermediates=(), doc_builder=build,
+                overwrite=overwrite,
+            )  # fmt: skip
+            results.append(ImageResult(inp.path, plan, rows[i], doc))
+    return RunReport(results, failed, preset.name, detection, [base, *members])
+
+
+#: points of the projection's DDIM sequence in unseen-domain translation (hard-coded in the original, section 11.3)
+TRANSLATION_STEPS = 6
+#: default number of noise-and-project rounds (the README asks for more than 8)
+DEFAULT_ITERATIONS = 10
+
+
+def translate_images(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    to: str | None = None,
+    src: str | None = None,
+    domain: str | None = None,
+    model: str | None = None,
+    iterations: int = DEFAULT_ITERATIONS,
+    save_intermediates: bool = False,
+    strength: float = 1.0,
+    t0: int | None = None,
+    n_inv_steps: int | None = None,
+    n_gen_steps: int | None = None,
+    eta: float = 0.0,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    compare: bool = False,
+    output: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    metrics: Sequence[str] = ALL_METRICS,
+    allow_finetune: bool = True,
+    finetune_samples: int = QUICK_SAMPLES,
+    device: str | None = "auto",
+    clip_model: str = DEFAULT_CLIP_MODEL,
+    reporter: Reporter | None = None,
+    session: Session | None = None,
+) -> RunReport:
+    """Unseen-domain and stroke-to-image translation (reference section 11.3, parity KEEP 13 and FIX 11).
+
+    ``iterations`` rounds of: noise the current image to t0 with the q-sample using ᾱ[t0] (consistent with the
+    first generation step; the original used ᾱ[t0 - 1]), then project it with a 6-step DDIM (η = 0) of the base
+    model. With ``to``, the projection is then DDIM-inverted with the base model and generated with the edit model
+    (blended by ``strength``). Without ``to`` the projection is the result.
+
+    Args:
+        iterations: rounds K >= 1.
+        save_intermediates: write every round's image (``<stem>.<tag>.round01.png``, ...).
+        Other arguments: as for :func:`edit_images`. Fine-tuning on the fly (with ``to``) uses base-model samples
+        only, never the unseen-domain inputs.
+    """
+    import time
+
+    import torch
+
+    from dclip_cli.diffusion.ddim import generate, q_sample
+    from dclip_cli.diffusion.mixing import blend
+    from dclip_cli.manifest import Timings, build_manifest, input_record
+    from dclip_cli.metrics import compute_metrics
+
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ConfigError(
+            f"--iterations must be a positive integer, got {iterations!r}.", hint="Use --iterations 10."
+        )
+    check_strength(strength)
+    _check_batch_size(batch_size)
+    if to is None and model is not None:
+        raise ConfigError(
+            "--model needs --to with dclip translate.", hint="Pass --to TEXT with the model's edit."
+        )
+    metrics = tuple(metrics)
+    session = session or Session(device=device, clip_model=clip_model, reporter=reporter)
+    reporter = session.reporter
+    started = time.perf_counter()
+
+    preset, detection, inputs, failed = _prepare_run(session, paths, domain)
+    target = resolve_target(preset, to, src) if to is not None else None
+    tag = "translate" if target is None else f"translate-{target.tag}"
+    plans = plan_outputs(
+        [inp.path for inp in inputs],
+        tag,
+        output,
+        compare=compare,
+        intermediates=iterations if save_intermediates else 0,
+        overwrite=overwrite,
+    )
+    wanted_t0 = t0
+    if wanted_t0 is None and target is not None and target.edit is not None:
+        wanted_t0 = target.edit.t0
+    settings = _settings_for(
+        preset, t0=wanted_t0, n_inv_steps=n_inv_steps, n_gen_steps=n_gen_steps, eta=eta, seed=seed
+    )
+
+    timings = Timings()
+    edit_model: LoadedModel | None = None
+    with timings.measure("model"):
+        base = session.base(preset)
+        if target is not None:
+            edit_model = resolve_edit_model(
+                session, preset, target, t0=settings.t0, n_inv_steps=settings.n_inv_steps,
+                n_gen_steps=settings.n_gen_steps, model=model, allow_finetune=allow_finetune,
+                finetune_images=(), finetune_samples=max(finetune_samples, 1), seed=seed,
+            )  # fmt: skip
+            if wanted_t0 is None and edit_model.t0 is not None and edit_model.t0 != settings.t0:
+                settings = _settings_for(
+                    preset,
+                    t0=edit_model.t0,
+                    n_inv_steps=n_inv_steps,
+                    n_gen_steps=n_gen_steps,
+                    eta=eta,
+                    seed=seed,
+                )
+        metric_models = session.metric_models(preset, metrics)
+
+    batch_list = _batches(list(zip(inputs, plans, strict=True)), batch_size)
+    n_batches = len(batch_list)
+    proj_total = TRANSLATION_STEPS * iterations * n_batches
+    inv_total = (settings.n_inv_steps - 1) * n_batches if target is not None else 0
+    gen_total = settings.n_gen_steps * n_batches if target is not None else 0
+    results: list[ImageResult] = []
+    for b_index, batch in enumerate(batch_list):
+        batch_timings = Timings()
+        x0 = torch.cat([inp.x0 for inp, _ in batch]).to(session.device)
+        generator = settings.generator(session.device, offset=b_index)
+        rounds: list[Any] = []
+        x = x0
+        with batch_timings.measure("translation"), torch.no_grad():
+            for _ in range(iterations):
+                # 1. noise to t0 with ᾱ[t0] (FIX 11); 2. 6-step DDIM with the base model, η = 0 (KEEP 13)
+                x_t = q_sample(x, settings.t0, generator=generator)
+                x = generate(
+                    base.model, x_t, t0=settings.t0, n_steps=TRANSLATION_STEPS,
+                    callback=_phase_callback(reporter, "translation", proj_total),
+                )  # fmt: skip
+                rounds.append(x)
+        x_proj = x
+        x_out = x_proj
+        if target is not None and edit_model is not None:
+            with batch_timings.measure("inversion"):
+                x_lat, _ = _invert_and_reconstruct(
+                    session, base, x_proj, settings, need_rec=False, inv_total=inv_total, rec_total=0,
+                    use_cache=False,
+                )  # fmt: skip
+            eps_model = edit_model.model if strength == 1.0 else blend(base.model, edit_model.model, strength)
+            with batch_timings.measure("generation"):
+                x_out = _generate(session, eps_model, x_lat, settings, "generation", gen_total)
+        with batch_timings.measure("metrics"):
+            if target is not None:
+                rows = compute_metrics(
+                    metric_models, x_src=x_proj, x_edit=x_out, src_text=target.src, trg_text=target.trg
+                )
+            else:
+                rows = compute_metrics(metric_models, x_src=x0, x_edit=x_out, trg_text=preset.domain_prompt)
+        for i, (inp, plan) in enumerate(batch):
+
+            def build(
+                inp: InputImage = inp, plan: OutputSet = plan, row: dict[str, float] = rows[i],
+                batch_timings: Timings = batch_timings,
+            ) -> dict[str, Any]:  # fmt: skip
+                models_doc = [base.record()]
+                if edit_model is not None:
+                    models_doc.append(edit_model.record())
+                if metric_models.clip is not None:
+                    models_doc.append(session.clip_record())
+                models_doc.extend(session.extra_models)
+                return build_manifest(
+                    command="translate",
+                    inputs=[input_record(inp.path)],
+                    outputs={
+                        "image": plan.image.resolve(),
+                        "compare": plan.compare,
+                        "intermediates": list(plan.intermediates),
+                        "sidecar": plan.sidecar,
+                    },
+                    settings={
+                        "domain": preset.name,
+                        "domain_detection": _detection_dict(detection),
+                        "to": to,
+                        "edit": target.key if target is not None else None,
+                        "src_text": target.src if target is not None else None,
+                        "trg_text": target.trg if target is not None else None,
+                        "iterations": iterations,
+                        "translation_steps": TRANSLATION_STEPS,
+                        "q_sample_alpha_bar": "alpha_bar[t0]",
+                        "strength": strength if target is not None else None,
+                        "t0": settings.t0,
+                        "n_inv_steps": settings.n_inv_steps if target is not None else None,
+                        "n_gen_steps": settings.n_gen_steps if target is not None else None,
+                        "eta": settings.eta if target is not None else 0.0,
+                        "batch_size": batch_size,
+                        "edit_model_source": edit_model.source if edit_model is not None else None,
+                        "clip_model": session.clip_model,
+                        "metrics": list(metrics),
+                        "device": str(session.device),
+                    },
+                    seed=seed,
+                    models=models_doc,
+                    timings={
+                        **timings.phases,
+                        **batch_timings.phases,
+                        "total": time.perf_counter() - started,
+                    },
+                    metrics=row,
+                    device=str(session.device),
+                )
+
+            panels = [x0[i], x_proj[i]] + ([x_out[i]] if target is not None else [])
+            labels = ["input", f"projection ({iterations} rounds)"] + (
+                [f"edit: {target.tag}"] if target else []
+            )
+            doc = _save_outputs(
+                plan=plan, main=x_out[i], compare_panels=(panels, labels),
+                intermediates=[r[i] for r in rounds] if save_intermediates else (), doc_builder=build,
+                overwrite=overwrite,
+            )  # fmt: skip
+            results.append(ImageResult(inp.path, plan, rows[i], doc))
+    models_used = [base] + ([edit_model] if edit_model is not None else [])
+    return RunReport(results, failed, preset.name, detection, models_used)
+
+
+def score_images(
+    source: str | os.PathLike[str],
+    edited: str | os.PathLike[str],
+    *,
+    src: str,
+    trg: str,
+    domain: str | None = None,
+    size: int = 256,
+    metrics: Sequence[str] = ALL_METRICS,
+    device: str | None = "auto",
+    clip_model: str = DEFAULT_CLIP_MODEL,
+    reporter: Reporter | None = None,
+    session: Session | None = None,
+) -> dict[str, float]:
+    """The edit metrics for any pair of images (``dclip score``).
+
+    Both images are centre-cropped and resized to ``size`` (the preset's size and aligner with ``domain``). The
+    identity similarity needs ``domain`` naming a preset with an identity model; ``psnr`` is between the two images.
+
+    Returns:
+        ``{"clip_directional", "clip_target", "lpips", "identity", "psnr"}`` (those that could be computed).
+    """
+    from dclip_cli import images
+    from dclip_cli.metrics import compute_metrics, psnr
+
+    session = session or Session(device=device, clip_model=clip_model, reporter=reporter)
+    preset = session.preset(domain) if domain is not None else None
+    if preset is not None:
+        size = preset.image_size
+    aligner = None
+    if preset is not None and preset.preprocess == "align" and preset.aligner:
+        aligner = session.registry.aligners.get(preset.aligner)
+    x_src, _ = images.load_and_prepare(source, size, aligner=aligner)
+    x_edit, _ = images.load_and_prepare(edited, size, aligner=aligner)
+    metrics = tuple(metrics)
+    models = session.metric_models(preset, [m for m in metrics if m != "psnr"])
+    row = compute_metrics(
+        models, x_src=x_src.to(session.device), x_edit=x_edit.to(session.device), src_text=src, trg_text=trg
+    )[0]
+    if "psnr" in metrics:
+        row["psnr"] = float(psnr(x_edit, x_src)[0])
+    return row

@@ -48,6 +48,7 @@ from torch import nn
 from dclip_cli.diffusion.ddim import ddim_step, timestep_tensor
 from dclip_cli.diffusion.schedule import alpha_bar, generation_pairs, validate_t0
 from dclip_cli.errors import ConfigError
+from dclip_cli.latents import tensor_sha256
 
 if TYPE_CHECKING:
     from dclip_cli.presets.preset import Edit, Preset
@@ -240,7 +241,7 @@ def _freeze(module: Any) -> None:
     """Switch off gradients of a loss network (FIX 10); callables that are not modules are left alone."""
     if isinstance(module, nn.Module):
         module.requires_grad_(False)
-        # a loss object may hold its network in an attribute instead of being the module itself
+    # a loss object may also hold its network in an attribute instead of being the module itself
     for name in ("clip", "model", "net"):
         inner = getattr(module, name, None)
         if isinstance(inner, nn.Module):
@@ -352,10 +353,10 @@ def finetune(
         lpips_loss: ``lpips_loss(x0, x)``, required when ``config.lpips_weight > 0``.
         callback: called with a dict per UNet call: ``epoch``, ``epochs`` (0-based index and count), ``batch``,
             ``batches``, ``image`` (index of the batch's first image), ``images``, ``batch_size`` (images in this
-            batch), ``step``, ``steps`` (1-based
-            index into the ``n_train_steps`` timesteps), ``t``, ``t_next``, ``optimizer_step`` (whether the
-            parameters were just updated), ``losses`` (floats by term, plus ``total``; ``None`` for the forward
-            steps of the original mode before its loss) and ``lr``. It may raise ``KeyboardInterrupt`` to stop.
+            batch), ``step``, ``steps`` (1-based index into the ``n_train_steps`` timesteps), ``t``, ``t_next``,
+            ``optimizer_step`` (whether the parameters were just updated), ``losses`` (floats by term, plus
+            ``total``; ``None`` for the forward steps of the original mode before its loss) and ``lr``. It may
+            raise ``KeyboardInterrupt`` to stop.
         should_stop: polled after every optimizer step; returning True raises ``KeyboardInterrupt``.
         on_epoch_end: called with a :class:`TrainingState` after each finished epoch (used to save resumable
             state); the scheduler has already been stepped.
@@ -786,12 +787,6 @@ def load_base_model(
     return model, name, sha
 
 
-def _tensor_key(x: torch.Tensor) -> str:
-    """Content hash of one image tensor (3, S, S): the cache key of drawn samples."""
-    data = x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-    return hashlib.sha256(data).hexdigest()
-
-
 def load_training_images(
     files: Sequence[Path], preset: Preset, *, callback: EventCallback | None = None
 ) -> tuple[torch.Tensor, list[str]]:
@@ -818,7 +813,7 @@ def load_training_images(
         for message in info.get("warnings", []):
             _emit(callback, "warning", message=message)
         images.append(x)
-        keys.append(_tensor_key(x[0]))
+        keys.append(tensor_sha256(x[0]))
         _emit(callback, "progress", phase="load", done=i + 1, total=len(files))
     return torch.cat(images), keys
 
@@ -857,7 +852,48 @@ def draw_samples(
     return torch.cat(out) if out else noise[:0]
 
 
-def invert_images(
+def cached_samples(
+    model: nn.Module,
+    n: int,
+    *,
+    model_sha256: str,
+    seed: int,
+    n_steps: int,
+    batch_size: int = 4,
+    cache_root: str | os.PathLike[str] | None = None,
+    callback: EventCallback | None = None,
+) -> torch.Tensor:
+    """:func:`draw_samples`, stored in ``<cache_dir>/samples`` keyed by model SHA-256, seed, steps and count.
+
+    A repeated or resumed run then skips the sampling (n_steps model calls per image).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from dclip_cli.fileio import atomic_path
+
+    if cache_root is None:
+        from dclip_cli.checkpoints.cache import cache_dir
+
+        cache_root = cache_dir() / "samples"
+    path = Path(cache_root) / f"{model_sha256[:16]}_seed{seed}_steps{n_steps}_n{n}.safetensors"
+    if path.is_file():
+        try:
+            x = load_file(str(path))["x0"]
+            if x.shape[0] == n:
+                _emit(callback, "progress", phase="sample", done=n, total=n)
+                return x
+        except Exception:  # noqa: BLE001 - an unreadable entry is a miss
+            pass
+    _emit(callback, "status", message=f"Drawing {n} sample(s) from the base model")
+    x = draw_samples(model, n, seed=seed, n_steps=n_steps, batch_size=batch_size, callback=callback)
+    with atomic_path(path, overwrite=True) as tmp:
+        save_file(
+            {"x0": x.contiguous()}, str(tmp), metadata={"model_sha256": model_sha256, "seed": str(seed)}
+        )
+    return x
+
+
+def invert_training_images(
     model: nn.Module,
     x0: torch.Tensor,
     keys: Sequence[str],
@@ -898,7 +934,7 @@ def invert_images(
     x_rec: list[torch.Tensor | None] = [None] * n
     hits = 0
     for i, key in enumerate(keys):
-        found = _cache_get(cache, key, model_sha256, t0, n_inv_steps)
+        found = cache.get(key, model_sha256, t0, n_inv_steps)
         if found is not None:
             x_lat[i], x_rec[i] = found
             hits += 1
@@ -914,8 +950,9 @@ def invert_images(
             lat = invert(model, batch, t0=t0, n_steps=n_inv_steps)
             rec = generate(model, lat, t0=t0, n_steps=n_inv_steps)
         for j, i in enumerate(idx):
-            x_lat[i], x_rec[i] = lat[j : j + 1].cpu(), rec[j : j + 1].cpu()
-            _cache_put(cache, keys[i], model_sha256, t0, n_inv_steps, x_lat[i], x_rec[i])
+            lat_i, rec_i = lat[j : j + 1].cpu(), rec[j : j + 1].cpu()
+            cache.put(keys[i], model_sha256, t0, n_inv_steps, lat_i, rec_i)
+            x_lat[i], x_rec[i] = lat_i, rec_i
         done += len(idx)
         _emit(callback, "progress", phase="invert", done=done, total=n)
     return TrainingData(
@@ -925,21 +962,6 @@ def invert_images(
         keys=list(keys),
         cache_hits=hits,
     )
-
-
-def _cache_get(
-    cache: Any, key: str, sha: str, t0: int, steps: int
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    entry = cache.get(key, sha, t0, steps)
-    if entry is None:
-        return None
-    return entry[0].reshape(1, *entry[0].shape[-3:]), entry[1].reshape(1, *entry[1].shape[-3:])
-
-
-def _cache_put(
-    cache: Any, key: str, sha: str, t0: int, steps: int, x_lat: torch.Tensor, x_rec: torch.Tensor
-) -> None:
-    cache.put(key, sha, t0, steps, x_lat, x_rec)
 
 
 def run_fingerprint(
@@ -1184,6 +1206,12 @@ def run_finetune(
     if n_samples is not None and n_samples < 0:
         raise ConfigError(f"The number of samples must be >= 0, got {n_samples}.", hint="Pass --samples 8.")
 
+    files = list_images(images) if images is not None else []
+    if n_samples is None:
+        n_samples = 0 if files else preset.n_train_images
+    if not files and n_samples == 0:
+        raise ConfigError("There are no training images.", hint="Pass --images DIR or --samples N (N > 0).")
+
     library = output is None if library is None else library
     destinations = artifact_destinations(preset.name, text_pairs, configs, output=output, library=library)
     if not overwrite:
@@ -1195,55 +1223,12 @@ def run_finetune(
                         hint="Pass --overwrite to replace it, or choose another name or -o.",
                     )
 
-    # 1. the base model
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
-    if base_model is not None:
-        model = base_model
-        base_name = base_checkpoint or preset.checkpoint
-        from dclip_cli.artifacts import base_sha256_of
-
-        base_sha = base_sha256_of(model, base_sha256) or ""
+    # 1. the losses first, so that a missing identity model or CLIP file fails before any long work
+    #    (identity and LPIPS only when weighted: FIX 8)
+    if base_model is not None and device is None:
+        dev = _model_device(base_model)
     else:
-        model, base_name, base_sha = load_base_model(
-            preset, checkpoint=checkpoint, device=dev, callback=callback
-        )
-    model.eval()
-    dev = _model_device(model)
-
-    # 2. the training images (photos and/or samples) and the held-out preview samples
-    seed = configs[0].seed
-    x0_parts: list[torch.Tensor] = []
-    keys: list[str] = []
-    if images is not None:
-        files = list_images(images)
-        _emit(callback, "status", message=f"Preparing {len(files)} training image(s)")
-        x_photos, photo_keys = load_training_images(files, preset, callback=callback)
-        x0_parts.append(x_photos)
-        keys.extend(photo_keys)
-    if n_samples is None:
-        n_samples = 0 if images is not None else preset.n_train_images
-    if n_samples + n_preview > 0:
-        _emit(callback, "status", message=f"Drawing {n_samples + n_preview} sample(s) from the base model")
-        drawn = draw_samples(
-            model,
-            n_samples + n_preview,
-            seed=seed,
-            n_steps=configs[0].n_gen_steps,
-            batch_size=max(configs[0].batch_size, 4),
-            callback=callback,
-        )
-        if n_samples:
-            x0_parts.append(drawn[:n_samples])
-            keys.extend(_tensor_key(x) for x in drawn[:n_samples])
-        x_preview = drawn[n_samples:]
-    else:
-        x_preview = torch.zeros((0, 3, preset.image_size, preset.image_size))
-    if not x0_parts:
-        raise ConfigError("There are no training images.", hint="Pass --images DIR or --samples N (N > 0).")
-    x0_all = torch.cat(x0_parts)
-    preview_keys = [_tensor_key(x) for x in x_preview]
-
-    # 3. the losses (identity and LPIPS only when weighted: FIX 8)
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
     if clip_loss is None:
         from dclip_cli.losses.clip import DirectionalCLIPLoss, load_clip
 
@@ -1256,6 +1241,49 @@ def run_finetune(
 
         _emit(callback, "status", message="Loading LPIPS")
         lpips_loss = LPIPSLoss().to(dev)
+
+    # 2. the base model
+    if base_model is not None:
+        model = base_model
+        base_name = base_checkpoint or preset.checkpoint
+        from dclip_cli.artifacts import base_sha256_of
+
+        # the latent cache and the artifact need an identity for the base: its file hash, else its weights' hash
+        base_sha = base_sha256_of(model, base_sha256) or _weights_sha256(model)
+    else:
+        model, base_name, base_sha = load_base_model(
+            preset, checkpoint=checkpoint, device=dev, callback=callback
+        )
+    model.eval()
+    dev = _model_device(model)
+
+    # 3. the training images (photos and/or samples) and the held-out preview samples
+    seed = configs[0].seed
+    x0_parts: list[torch.Tensor] = []
+    keys: list[str] = []
+    if files:
+        _emit(callback, "status", message=f"Preparing {len(files)} training image(s)")
+        x_photos, photo_keys = load_training_images(files, preset, callback=callback)
+        x0_parts.append(x_photos)
+        keys.extend(photo_keys)
+    if n_samples + n_preview > 0:
+        drawn = cached_samples(
+            model,
+            n_samples + n_preview,
+            model_sha256=base_sha,
+            seed=seed,
+            n_steps=configs[0].n_gen_steps,
+            batch_size=max(configs[0].batch_size, 4),
+            callback=callback,
+        )
+        if n_samples:
+            x0_parts.append(drawn[:n_samples])
+            keys.extend(tensor_sha256(x) for x in drawn[:n_samples])
+        x_preview = drawn[n_samples:]
+    else:
+        x_preview = torch.zeros((0, 3, preset.image_size, preset.image_size))
+    x0_all = torch.cat(x0_parts)
+    preview_keys = [tensor_sha256(x) for x in x_preview]
 
     # 4. each pair, from the base (section 8.1: weights, optimizer and scheduler reset per pair)
     job = _Job(
@@ -1281,7 +1309,7 @@ def run_finetune(
             _emit(
                 callback, "status", message=f"Inverting the images to t0 = {cfg.t0} ({cfg.n_inv_steps} steps)"
             )
-            train = invert_images(
+            train = invert_training_images(
                 model,
                 x0_all,
                 keys,
@@ -1290,7 +1318,7 @@ def run_finetune(
                 n_inv_steps=cfg.n_inv_steps,
                 callback=callback,
             )
-            preview = invert_images(
+            preview = invert_training_images(
                 model, x_preview, preview_keys, model_sha256=base_sha, t0=cfg.t0, n_inv_steps=cfg.n_inv_steps
             )
             hits += train.cache_hits + preview.cache_hits
@@ -1512,6 +1540,15 @@ class _RunFolder:
         self.state_path.unlink(missing_ok=True)
         self.doc.update(status="done", artifacts=[str(p) for p in artifacts])
         self.write_doc()
+
+
+def _weights_sha256(model: nn.Module) -> str:
+    """SHA-256 over a model's state dict (names, shapes and float32 bytes), for bases not loaded from a file."""
+    h = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        h.update(name.encode("utf-8"))
+        h.update(tensor_sha256(value).encode("ascii"))
+    return h.hexdigest()
 
 
 def _write_library_meta(path: Path, name: str) -> None:

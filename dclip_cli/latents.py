@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +242,319 @@ class LatentCache:
                 p.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# inverting image files (the library side of ``dclip invert``)
+
+#: t0 and step count used with ``--checkpoint`` when no preset gives them (the original CLI's defaults)
+DEFAULT_T0 = 400
+DEFAULT_STEPS = 40
+LATENT_SUFFIX = ".latent.safetensors"
+RECON_SUFFIX = ".recon.png"
+
+
+@dataclass
+class InvertedImage:
+    """What :func:`invert_images` produced for one input image."""
+
+    image: Path
+    latent: Path
+    reconstruction: Path
+    mse: float
+    psnr: float
+    image_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image": str(self.image),
+            "latent": str(self.latent),
+            "reconstruction": str(self.reconstruction),
+            "mse": self.mse,
+            "psnr": self.psnr,
+            "image_sha256": self.image_sha256,
+        }
+
+
+@dataclass
+class InvertReport:
+    """The run of :func:`invert_images`: per-image results plus the model and settings used."""
+
+    images: list[InvertedImage]
+    checkpoint: str
+    model_sha256: str
+    arch: str
+    image_size: int
+    t0: int
+    steps: int
+    device: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.checkpoint,
+            "model_sha256": self.model_sha256,
+            "arch": self.arch,
+            "image_size": self.image_size,
+            "t0": self.t0,
+            "steps": self.steps,
+            "device": self.device,
+            "seconds": round(self.seconds, 3),
+            "images": [r.to_dict() for r in self.images],
+        }
+
+
+def reconstruction_metrics(x0: torch.Tensor, x_rec: torch.Tensor) -> list[tuple[float, float]]:
+    """Per-image (MSE, PSNR in dB) of a reconstruction, on the [0, 1] pixel scale with ``x_rec`` clamped.
+
+    Args:
+        x0: (B, 3, S, S) originals in [-1, 1].
+        x_rec: (B, 3, S, S) reconstructions (unclamped).
+    """
+    a = (x0.detach().float().cpu().clamp(-1, 1) + 1) / 2
+    b = (x_rec.detach().float().cpu().clamp(-1, 1) + 1) / 2
+    mse = (a - b).pow(2).flatten(1).mean(dim=1)
+    return [(float(m), 10.0 * math.log10(1.0 / max(float(m), 1e-12))) for m in mse]
+
+
+def plan_latent_outputs(
+    inputs: Sequence[Path], output: str | os.PathLike[str] | None = None, *, overwrite: bool = False
+) -> list[tuple[Path, Path]]:
+    """Decide the (latent, reconstruction) paths of every input before any work starts.
+
+    ``<stem>.latent.safetensors`` and ``<stem>.recon.png`` next to each input, or in the ``-o`` directory; ``-o``
+    ending in ``.safetensors`` names the latent of a single input (its reconstruction takes the same stem).
+
+    Raises:
+        ConfigError: ``-o`` names a file for several inputs or has another suffix; two inputs share a stem.
+        OutputExistsError: an output exists and ``overwrite`` is false.
+        OutputError: the output directory is not writable.
+    """
+    from dclip_cli.editing import check_writable_dir, output_is_directory
+    from dclip_cli.errors import ConfigError, OutputExistsError
+
+    out_dir: Path | None = None
+    out_file: Path | None = None
+    if output is not None:
+        if output_is_directory(output):
+            out_dir = Path(output)
+        else:
+            out_file = Path(output)
+            if out_file.suffix.lower() != ".safetensors":
+                raise ConfigError(
+                    f"-o {out_file} does not end in .safetensors; latents are written as safetensors files.",
+                    hint="Name the latent file with .safetensors, or pass a directory.",
+                )
+            if len(inputs) != 1:
+                raise ConfigError(
+                    f"-o {out_file} names one file but {len(inputs)} images were given.",
+                    hint="Pass a directory with -o when inverting several images.",
+                )
+    plans: list[tuple[Path, Path]] = []
+    owner: dict[Path, Path] = {}
+    for src in inputs:
+        if out_file is not None:
+            latent = out_file
+            stem = out_file.name[: -len(".safetensors")]
+            stem = stem[: -len(".latent")] if stem.endswith(".latent") else stem
+            recon = out_file.with_name(stem + RECON_SUFFIX)
+        else:
+            folder = out_dir if out_dir is not None else src.parent
+            latent, recon = folder / (src.stem + LATENT_SUFFIX), folder / (src.stem + RECON_SUFFIX)
+        for path in (latent, recon):
+            key = path.resolve()
+            if key in owner:
+                raise ConfigError(
+                    f"{owner[key]} and {src} would both be written to {path}.",
+                    hint="Give the inputs different names, or invert them into different -o directories.",
+                )
+            owner[key] = src
+        plans.append((latent, recon))
+    for directory in sorted({p.parent for plan in plans for p in plan}):
+        check_writable_dir(directory)
+    if not overwrite:
+        existing = [p for plan in plans for p in plan if p.exists()]
+        if existing:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise OutputExistsError(
+                f"{existing[0]} already exists{more}.",
+                hint="Pass --overwrite to replace it, or choose another output with -o.",
+            )
+    return plans
+
+
+def _known_sha256(path: Path) -> str:
+    """SHA-256 of a checkpoint: from the cache's verified record when it matches the file, else hashed."""
+    try:
+        from dclip_cli.checkpoints import cache
+
+        meta = cache.read_meta(path)
+        if meta is not None and meta.sha256 and meta.size == path.stat().st_size:
+            return str(meta.sha256)
+    except (ImportError, AttributeError, OSError):
+        pass
+    from dclip_cli.fileio import sha256_file
+
+    return sha256_file(path)
+
+
+def invert_images(
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    domain: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    arch_config: str | os.PathLike[str] | None = None,
+    t0: int | None = None,
+    n_steps: int | None = None,
+    output: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    device: str | None = "auto",
+    batch_size: int = 1,
+    require_face: bool = False,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    on_download: Callable[[int, int | None], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+) -> InvertReport:
+    """DDIM-invert image files and write their latents and reconstructions.
+
+    For each image: load and prepare it (centre crop, or the preset's aligner), invert it to t0 with ``n_steps``
+    points (N-1 model calls), generate back with the same sequence (N calls), write ``x_lat`` as a latent file
+    (metadata: model SHA-256, t0, steps, image SHA-256, dclip version, MSE, PSNR) and the reconstruction as PNG.
+    Every output path is checked before the model is loaded.
+
+    Args:
+        inputs: image files or folders of images.
+        domain: preset name; gives the checkpoint (fetched into the cache), preprocessing and default t0/steps.
+        checkpoint: local checkpoint used instead of the preset's.
+        arch_config: JSON/TOML/YAML file with architecture settings for ``checkpoint``.
+        t0: return step (default: the preset's, else 400).
+        n_steps: points in the inversion sequence (default: the preset's ``n_inv_steps``, else 40).
+        output: directory, or a ``.safetensors`` file for a single image (default: next to each input).
+        overwrite: replace existing outputs.
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        batch_size: images inverted together.
+        require_face: with an aligner, fail when no face is found instead of centre-cropping.
+        callback: per model call, the DDIM info dict plus ``phase`` (``"invert"``/``"generate"``) and ``images``.
+        on_download: download progress of the preset's checkpoint.
+        on_warning: receives preprocessing warnings (for example "no face found").
+
+    Raises:
+        ConfigError: neither ``domain`` nor ``checkpoint``; bad settings or outputs.
+        ImageError: an input is missing or unreadable.
+        CheckpointError: the model cannot be fetched or loaded.
+    """
+    import time
+
+    from dclip_cli import __version__
+    from dclip_cli.device import resolve_device
+    from dclip_cli.diffusion.ddim import generate, invert
+    from dclip_cli.diffusion.schedule import validate_t0
+    from dclip_cli.editing import expand_inputs
+    from dclip_cli.errors import ConfigError, ImageError
+    from dclip_cli.images import load_and_prepare, save_image
+    from dclip_cli.models.build import load_arch_config, load_diffusion_model
+    from dclip_cli.presets.manager import get_registry
+
+    started = time.perf_counter()
+    if domain is None and checkpoint is None:
+        raise ConfigError(
+            "No model was chosen for the inversion.",
+            hint="Pass --domain NAME (see 'dclip presets list') or --checkpoint PATH.",
+        )
+    if batch_size < 1:
+        raise ConfigError(f"The batch size must be at least 1, got {batch_size}.")
+    registry = get_registry()
+    preset = registry.preset(domain) if domain is not None else None
+    t0 = t0 if t0 is not None else (preset.t0 if preset else DEFAULT_T0)
+    n_steps = n_steps if n_steps is not None else (preset.n_inv_steps if preset else DEFAULT_STEPS)
+    validate_t0(t0, n_steps)
+    files = expand_inputs(inputs)
+    if not files:
+        raise ImageError("No input image was given.", hint="Pass one or more image files or folders.")
+    plans = plan_latent_outputs(files, output, overwrite=overwrite)
+
+    arch: str | None = None
+    config: dict[str, Any] | None = None
+    if arch_config is not None:
+        arch, config = load_arch_config(arch_config)
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        name = str(path)
+    else:
+        assert preset is not None
+        from dclip_cli.checkpoints.download import fetch
+
+        path = Path(fetch(preset.checkpoint, on_progress=on_download))
+        name = preset.checkpoint
+        if arch_config is None:
+            arch, config = preset.arch, dict(preset.arch_config)
+    dev = resolve_device(device)
+    model = load_diffusion_model(path, arch=arch, config=config, device=dev)
+    model.requires_grad_(False)
+    model_sha = _known_sha256(path)
+    model.sha256 = model_sha
+    size = preset.image_size if preset is not None else model.image_size
+
+    aligner = None
+    if preset is not None and preset.preprocess == "align" and preset.aligner:
+        aligner = registry.aligners.get(preset.aligner)
+        if aligner is None and on_warning is not None:
+            on_warning(
+                f"Preset {preset.name!r} asks for the aligner {preset.aligner!r}, which no plugin registers; "
+                "using a centre crop."
+            )
+    prepared: list[tuple[torch.Tensor, dict[str, Any]]] = []
+    for f in files:
+        x0, info = load_and_prepare(f, size, aligner=aligner, require_face=require_face)
+        for message in info.get("warnings", []):
+            if on_warning is not None:
+                on_warning(message)
+        prepared.append((x0, info))
+
+    results: list[InvertedImage] = []
+    n_images = len(files)
+    for start in range(0, n_images, batch_size):
+        chunk = list(range(start, min(start + batch_size, n_images)))
+        x0 = torch.cat([prepared[i][0] for i in chunk]).to(dev)
+
+        def report(
+            info: dict[str, Any], phase: str, span: tuple[int, int, int] = (start, chunk[-1] + 1, n_images)
+        ) -> None:
+            if callback is not None:
+                callback({**info, "phase": phase, "images": span})
+
+        with torch.no_grad():
+            x_lat = invert(model, x0, t0=t0, n_steps=n_steps, callback=lambda i: report(i, "invert"))
+            x_rec = generate(model, x_lat, t0=t0, n_steps=n_steps, callback=lambda i: report(i, "generate"))
+        metrics = reconstruction_metrics(x0, x_rec)
+        for j, i in enumerate(chunk):
+            latent_path, recon_path = plans[i]
+            image_sha = str(prepared[i][1].get("image_sha256") or "")
+            mse, psnr = metrics[j]
+            meta = {
+                "model_sha256": model_sha,
+                "t0": t0,
+                "steps": n_steps,
+                "image_sha256": image_sha,
+                "dclip_version": __version__,
+                "arch": model.arch,
+                "image_size": size,
+                "checkpoint": name,
+                "image": files[i].name,
+                "mse": f"{mse:.8g}",
+                "psnr": f"{psnr:.4f}",
+            }
+            save_latent(latent_path, x_lat[j : j + 1], meta, overwrite=overwrite)
+            save_image(x_rec[j : j + 1].clamp(-1, 1).cpu(), recon_path, overwrite=overwrite)
+            results.append(InvertedImage(files[i], latent_path, recon_path, mse, psnr, image_sha))
+    return InvertReport(
+        images=results,
+        checkpoint=name,
+        model_sha256=model_sha,
+        arch=model.arch,
+        image_size=size,
+        t0=t0,
+        steps=n_steps,
+        device=str(dev),
+        seconds=time.perf_counter() - started,
+    )

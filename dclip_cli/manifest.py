@@ -109,7 +109,11 @@ def to_jsonable(value: Any) -> Any:
 
 
 def _environment(device: str | None) -> dict[str, Any]:
-    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(), "device": device}
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+    }
     try:
         import torch
 
@@ -152,7 +156,9 @@ def build_manifest(
     return to_jsonable(doc)
 
 
-def write_manifest(path: str | os.PathLike[str], manifest: Mapping[str, Any], *, overwrite: bool = False) -> Path:
+def write_manifest(
+    path: str | os.PathLike[str], manifest: Mapping[str, Any], *, overwrite: bool = False
+) -> Path:
     """Write ``manifest`` as indented JSON to ``path`` atomically and return the path."""
     path = Path(path)
     text = json.dumps(to_jsonable(manifest), indent=2, ensure_ascii=False) + "\n"

@@ -65,7 +65,9 @@ def test_round_trip_fp32_with_metadata(tmp_path: Path) -> None:
     _assert_weights(load_diffusion_model(path), tuned, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("dtype", "torch_dtype", "tol"), [("fp16", torch.float16, 1e-3), ("bf16", torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize(
+    ("dtype", "torch_dtype", "tol"), [("fp16", torch.float16, 1e-3), ("bf16", torch.bfloat16, 1e-2)]
+)
 def test_half_precision_save(tmp_path: Path, dtype: str, torch_dtype: torch.dtype, tol: float) -> None:
     base, tuned = make_tiny_model("ddpm", seed=0), _tuned()
     full = save_artifact(tmp_path / "full.safetensors", tuned, _meta())
@@ -102,7 +104,8 @@ def test_refuses_another_base(tmp_path: Path) -> None:
 def test_official_pth_is_accepted_with_t0_from_the_name(tmp_path: Path) -> None:
     base, tuned = make_tiny_model("ddpm", seed=0), _tuned()
     path = tmp_path / "human_pixar_t601.pth"
-    torch.save({f"module.{k}": v for k, v in tuned.unet.state_dict().items()}, path)  # DataParallel-style keys
+    # DataParallel-style keys, as some official files have
+    torch.save({f"module.{k}": v for k, v in tuned.unet.state_dict().items()}, path)
     info = read_artifact(path)
     assert info.kind == "official" and info.t0 == 601 and info.base_sha256 is None
     loaded = load_artifact(path, base, base_sha256=SHA_A)

@@ -11,7 +11,7 @@ from dclip_cli.diffusion import ddim
 from dclip_cli.diffusion.ddim import ddim_step, generate, generate_progressive, invert, q_sample
 from dclip_cli.diffusion.schedule import alpha_bar, alphas_cumprod
 from dclip_cli.errors import ConfigError
-from tests.support.tiny import make_tiny_model
+from tests.support.tiny import make_tiny_model, torch_single_thread  # noqa: F401
 
 
 def fixed_image(batch: int = 2, size: int = 8) -> torch.Tensor:
@@ -176,3 +176,13 @@ def test_q_sample() -> None:
     torch.testing.assert_close(
         per_sample[1], alphas_cumprod()[999].sqrt() * x0[1] + (1 - alphas_cumprod()[999]).sqrt() * noise[1]
     )
+
+
+def test_progressive_inversion_leaves_grad_mode_alone_between_steps() -> None:
+    c = fixed_image()
+    steps = ddim.invert_progressive(OracleModel(c), c, t0=300, n_steps=4)
+    info = next(steps)
+    assert torch.is_grad_enabled()  # the consumer's grad mode is untouched while the generator is suspended
+    assert not info["x"].requires_grad
+    steps.close()
+    assert torch.is_grad_enabled()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +16,7 @@ from dclip_cli.errors import ConfigError, InvalidScheduleError
 from dclip_cli.finetune import FinetuneConfig, TrainingState, finetune, resolve_pairs, slugify
 from dclip_cli.losses.clip import DirectionalCLIPLoss, clip_term, load_clip
 from dclip_cli.losses.identity import IdentityLoss
+from tests.support.finetune import TinyFaceNet
 from tests.support.tiny import TINY_SIZE, make_tiny_model
 from tests.support.tiny_clip import save_tiny_clip
 
@@ -52,19 +54,6 @@ def data(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 def _config(**kw) -> FinetuneConfig:
     base = {"t0": T0, "n_inv_steps": N_INV, "n_train_steps": N_TRAIN, "n_gen_steps": N_INV, "lr": 2e-3}
     return FinetuneConfig(**{**base, **kw})
-
-
-class TinyFaceNet(nn.Module):
-    """A small seeded embedder standing in for facenet (any (B, 3, S, S) -> (B, D) network works)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.conv = nn.Conv2d(3, 8, 3, stride=2)
-        self.fc = nn.Linear(8 * 7 * 7, 16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.tanh(self.conv(x)).flatten(1))
 
 
 def _params(m: nn.Module) -> dict[str, torch.Tensor]:
@@ -185,7 +174,9 @@ def test_resume_equals_an_uninterrupted_run(model, data, clip_loss) -> None:
     cfg = _config(epochs=2, mode="efficient", n_train_steps=2)
     kw = {"src_text": "cat", "trg_text": "tiger", "clip_loss": clip_loss, "config": cfg}
     saved: list[dict] = []
-    straight = finetune(model, x0, x_lat, **kw, on_epoch_end=lambda s: saved.append(copy.deepcopy(s.state_dict())))
+    straight = finetune(
+        model, x0, x_lat, **kw, on_epoch_end=lambda s: saved.append(copy.deepcopy(s.state_dict()))
+    )
     resumed = finetune(model, x0, x_lat, **kw, resume=saved[0])
     for k, v in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0)
@@ -231,7 +222,9 @@ def test_config_validation(kw, error, words) -> None:
 def test_missing_loss_functions_and_bad_inputs(model, data, clip_loss) -> None:
     x0, x_lat = data
     with pytest.raises(ConfigError, match="no identity loss"):
-        finetune(model, x0, x_lat, src_text="a", trg_text="b", clip_loss=clip_loss, config=_config(id_weight=1.0))
+        finetune(
+            model, x0, x_lat, src_text="a", trg_text="b", clip_loss=clip_loss, config=_config(id_weight=1.0)
+        )
     with pytest.raises(ConfigError, match="differ in shape"):
         finetune(model, x0, x_lat[:2], src_text="a", trg_text="b", clip_loss=clip_loss, config=_config())
     big = torch.zeros(1, 3, 32, 32)
@@ -248,7 +241,9 @@ def test_config_from_preset_and_pairs() -> None:
     with pytest.raises(ConfigError, match="Unknown fine-tuning setting"):
         FinetuneConfig.from_preset(face, learning_rate=1.0)
     assert FinetuneConfig.from_dict({**cfg.to_dict(), "future_field": 1}) == cfg
-    pairs = resolve_pairs(face, edits=["smiling"], texts=["Angry face!", "angry face"], pairs=[("dog", "cat")])
+    pairs = resolve_pairs(
+        face, edits=["smiling"], texts=["Angry face!", "angry face"], pairs=[("dog", "cat")]
+    )
     assert [(p.key, p.src_text, p.trg_text) for p in pairs] == [
         ("smiling", face.edit("smiling").src, face.edit("smiling").trg),
         ("angry_face", face.source_text, "Angry face!"),
@@ -258,3 +253,182 @@ def test_config_from_preset_and_pairs() -> None:
     assert slugify("Gothic  church!") == "gothic_church" and slugify("😀").startswith("edit_")
     with pytest.raises(ConfigError, match="Nothing to fine-tune"):
         resolve_pairs(face)
+
+
+# --------------------------------------------------------------------------------------------------- run_finetune
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    from tests.support.finetune import tiny_preset
+
+    with tiny_preset(tmp_path / "preset") as t:
+        yield t
+
+
+@pytest.fixture(scope="module")
+def short_clip_loss(tmp_path_factory: pytest.TempPathFactory) -> DirectionalCLIPLoss:
+    path = save_tiny_clip(tmp_path_factory.mktemp("clip32") / "tiny.pt")
+    return DirectionalCLIPLoss(load_clip(path, device="cpu"), templates=SHORT)
+
+
+def _no_partial_files(*roots) -> None:
+    for root in roots:
+        assert not [p for p in root.rglob("*") if p.name.endswith(".incomplete")], root
+
+
+def test_run_finetune_end_to_end_and_latent_cache(tiny, tmp_path, short_clip_loss) -> None:
+    from dclip_cli.artifacts import load_artifact, read_artifact
+    from dclip_cli.checkpoints.cache import library_dir, read_meta
+    from dclip_cli.fileio import sha256_file
+    from dclip_cli.finetune import run_finetune
+
+    events: list[dict] = []
+    out = tmp_path / "out"
+    kw = {"n_samples": 2, "n_preview": 1, "clip_loss": short_clip_loss, "clip_model": "tiny", "device": "cpu"}
+    result = run_finetune("tinycat", texts=["tiger cat"], overrides={"epochs": 2}, output=out, library=True,
+                          callback=events.append, **kw)  # fmt: skip
+    (pair,) = result.pairs
+    assert result.base_sha256 == tiny.sha256 and result.base_checkpoint == "tinycat_base"
+    assert (result.n_images, result.cache_hits, result.cache_misses) == (2, 0, 3)
+    lib = library_dir() / "tinycat" / "tiger_cat.safetensors"
+    assert pair.artifacts == [lib, out / "tinycat_tiger_cat_t200.safetensors"]
+    assert all(p.is_file() for p in pair.artifacts)
+    assert read_meta(lib).sha256 == sha256_file(lib)  # a sidecar like 'dclip models import' writes
+    info = read_artifact(lib)
+    assert (info.src_text, info.trg_text, info.t0, info.base_sha256) == ("cat", "tiger cat", 200, tiny.sha256)
+    assert info.metadata["epochs"] == 2 and info.metadata["n_train_images"] == 2
+    assert info.metadata["n_train_steps"] == 2 and info.metadata["mode"] == "original"
+    # run folder: previews per epoch, run.json done, resumable state removed after saving
+    assert [p.name for p in pair.previews] == ["epoch-001.png", "epoch-002.png"]
+    assert all(p.is_file() and p.parent.parent == pair.run_dir for p in pair.previews)
+    run = json.loads((pair.run_dir / "run.json").read_text())
+    assert run["status"] == "done" and run["epochs_done"] == 2 and len(run["epoch_losses"]) == 2
+    assert not (pair.run_dir / "state.pt").exists()
+    assert set(pair.losses) == {"clip", "total"} and pair.losses == run["epoch_losses"][-1]
+    kinds = [e["kind"] for e in events]
+    assert kinds.count("epoch_end") == 2 and kinds.count("step") == 2 * 2 * 2 and kinds[-1] == "pair_end"
+    assert [e["phase"] for e in events if e["kind"] == "progress"][-1] == "invert"
+    # the artifact loads on the base it came from and differs from it
+    tuned = load_artifact(lib, tiny.model, base_sha256=tiny.sha256)
+    assert any(not torch.equal(v, tiny.model.state_dict()[k]) for k, v in tuned.state_dict().items())
+    _no_partial_files(tmp_path, library_dir())
+
+    # a second run reuses the inverted latents (training and preview samples)
+    assert any(e.get("message", "").startswith("Drawing 3 sample") for e in events)
+    events.clear()
+    again = run_finetune(
+        "tinycat", texts=["tiger cat"], output=out, overwrite=True, callback=events.append, **kw
+    )
+    assert (again.cache_hits, again.cache_misses) == (3, 0)
+    assert not any(e.get("message", "").startswith("Drawing") for e in events)  # the samples are cached too
+
+
+def test_interrupt_leaves_no_artifact_then_resume(tiny, tmp_path, short_clip_loss) -> None:
+    from dclip_cli.checkpoints.cache import library_dir
+    from dclip_cli.errors import OutputExistsError
+    from dclip_cli.finetune import run_finetune
+
+    kw = {"n_samples": 1, "n_preview": 0, "clip_loss": short_clip_loss, "clip_model": "tiny", "device": "cpu",
+          "overrides": {"epochs": 2, "mode": "efficient"}, "run_dir": tmp_path / "run"}  # fmt: skip
+    target = tmp_path / "tiger.safetensors"
+
+    def interrupt(event: dict) -> None:
+        if event["kind"] == "step" and event["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune("tinycat", edits=["tiger"], output=target, callback=interrupt, **kw)
+    assert not target.exists() and not (library_dir() / "tinycat").exists()
+    _no_partial_files(tmp_path, library_dir())
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert state["epochs_done"] == 1
+
+    resumed = run_finetune("tinycat", edits=["tiger"], output=target, resume=True, **kw)
+    assert resumed.pairs[0].resumed_from == 1 and target.is_file()
+    assert resumed.pairs[0].config.t0 == 201  # the named edit's t0
+    with pytest.raises(OutputExistsError):  # refused before any work
+        run_finetune("tinycat", edits=["tiger"], output=target, **kw)
+    straight = run_finetune("tinycat", edits=["tiger"], output=tmp_path / "straight.safetensors", **kw)
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(target)), load_file(str(straight.artifacts[0]))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_several_pairs_each_from_the_base_and_photos(tiny, tmp_path, short_clip_loss) -> None:
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from dclip_cli.finetune import run_finetune
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    gen = torch.Generator().manual_seed(5)
+    for i, size in enumerate([(40, 32), (32, 48)]):
+        pixels = (torch.rand((size[1], size[0], 3), generator=gen) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(photos / f"p{i}.png")
+    (photos / "notes.txt").write_text("not an image")
+    kw = {
+        "images": photos,
+        "n_preview": 0,
+        "clip_loss": short_clip_loss,
+        "clip_model": "tiny",
+        "device": "cpu",
+    }
+    both = run_finetune("tinycat", edits=["tiger"], texts=["dog"], output=tmp_path / "both", **kw)
+    assert both.n_images == 2 and [r.pair.key for r in both.pairs] == ["tiger", "dog"]
+    assert [p.name for p in both.artifacts] == [
+        "tinycat_tiger_t201.safetensors",
+        "tinycat_dog_t200.safetensors",
+    ]
+    alone = run_finetune("tinycat", texts=["dog"], output=tmp_path / "alone", **kw)
+    a, b = load_file(str(both.artifacts[1])), load_file(str(alone.artifacts[0]))
+    # the second pair started from the base, not from the first pair's weights
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="names one file"):
+        run_finetune("tinycat", edits=["tiger"], texts=["dog"], output=tmp_path / "x.safetensors", **kw)
+
+
+def test_identity_and_lpips_terms_are_built_only_when_weighted(tmp_path, short_clip_loss) -> None:
+    from dclip_cli.artifacts import read_artifact
+    from dclip_cli.finetune import run_finetune
+    from tests.support.finetune import tiny_preset
+
+    with tiny_preset(tmp_path / "p", name="tinyface", identity_model="tinyface-face", id_weight=0.5) as t:
+        kw = {
+            "n_samples": 1,
+            "n_preview": 0,
+            "clip_loss": short_clip_loss,
+            "clip_model": "tiny",
+            "device": "cpu",
+        }
+        result = run_finetune("tinyface", texts=["old cat"], output=tmp_path / "out", **kw)
+        assert set(result.pairs[0].losses) == {"clip", "id", "total"}
+        assert read_artifact(result.artifacts[0]).metadata["loss_weights"]["id"] == 0.5
+        assert t.server.count("/tinyface-face.pt") == 1  # fetched through the checkpoint store
+        again = run_finetune(
+            "tinyface", texts=["young cat"], output=tmp_path / "out", overrides={"id_weight": 0}, **kw
+        )
+        assert set(again.pairs[0].losses) == {"clip", "total"}
+        assert t.server.count("/tinyface-face.pt") == 1
+    with tiny_preset(tmp_path / "q", name="tinynoid") as t:
+        with pytest.raises(ConfigError, match="has no identity model"):
+            run_finetune("tinynoid", texts=["x"], output=tmp_path / "out", overrides={"id_weight": 1.0}, **kw)
+
+
+def test_run_with_an_already_loaded_base_model(tiny, tmp_path, short_clip_loss) -> None:
+    """The on-the-fly path of `dclip edit`: a loaded base, the fine-tuned model returned in memory."""
+    from dclip_cli.finetune import run_finetune
+
+    kw = {"n_samples": 1, "n_preview": 0, "clip_loss": short_clip_loss, "clip_model": "tiny"}
+    before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    result = run_finetune(tiny.preset, texts=["tiger"], base_model=tiny.model, base_checkpoint="mine",
+                          output=tmp_path / "o", return_models=True, **kw)  # fmt: skip
+    (pair,) = result.pairs
+    assert result.base_checkpoint == "mine" and len(result.base_sha256) == 64  # the weights' hash
+    assert pair.model is not None and pair.model is not tiny.model and not pair.model.training
+    assert all(torch.equal(v, before[k]) for k, v in tiny.model.state_dict().items())
+    with_sha = run_finetune(tiny.preset, texts=["tiger"], base_model=tiny.model, base_sha256=tiny.sha256,
+                            output=tmp_path / "p", **kw)  # fmt: skip
+    assert with_sha.base_sha256 == tiny.sha256 and with_sha.pairs[0].model is None

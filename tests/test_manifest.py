@@ -42,7 +42,13 @@ def test_records_hash_files(tmp_path: Path) -> None:
 
 def test_to_jsonable_handles_paths_tuples_nan_and_tensors() -> None:
     torch = pytest.importorskip("torch")
-    value = {"p": Path("/a/b"), "t": (1, 2), "nan": math.nan, "x": torch.tensor(0.5), "v": torch.tensor([1.0, 2.0])}
+    value = {
+        "p": Path("/a/b"),
+        "t": (1, 2),
+        "nan": math.nan,
+        "x": torch.tensor(0.5),
+        "v": torch.tensor([1.0, 2.0]),
+    }
     assert to_jsonable(value) == {"p": "/a/b", "t": [1, 2], "nan": None, "x": 0.5, "v": [1.0, 2.0]}
 
 

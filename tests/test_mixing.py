@@ -8,7 +8,7 @@ import torch
 from dclip_cli.diffusion.ddim import generate
 from dclip_cli.diffusion.mixing import blend, mix, validate_schedule
 from dclip_cli.errors import InvalidScheduleError
-from tests.support.tiny import make_tiny_model
+from tests.support.tiny import make_tiny_model, torch_single_thread  # noqa: F401
 
 
 class Const:

@@ -31,7 +31,7 @@ from dclip_cli.models.adm_unet import (
     timestep_embedding_adm,
 )
 from dclip_cli.models.ddpm_unet import AttnBlock, ddpm_attention_reference, timestep_embedding_ddpm
-from tests.support.tiny import make_tiny_model, save_tiny_checkpoint, tiny_config
+from tests.support.tiny import make_tiny_model, save_tiny_checkpoint, tiny_config, torch_single_thread  # noqa: F401
 
 KEYS_DOC = Path("/work/shared/docs/statedict-keys.txt")
 
@@ -309,6 +309,7 @@ def test_gradient_checkpointing_same_values_and_grads(arch: str) -> None:
         torch.testing.assert_close(p.grad, ga, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_torchscript_archive_gives_its_state_dict(tmp_path: Path) -> None:
     lin = torch.nn.Linear(3, 2)
     torch.jit.save(torch.jit.trace(lin, torch.zeros(1, 3)), str(tmp_path / "ts.pt"))

@@ -47,6 +47,9 @@ COMMANDS: tuple[str, ...] = (
     "presets",
     "plugins",
     "models",
+    "invert",
+    "finetune",
+    "edit",
 )
 
 app = typer.Typer(

@@ -53,3 +53,48 @@ CheckpointOpt = Annotated[
         help="Local diffusion checkpoint to use instead of the preset's.",
     ),
 ]
+# -- editing applications (edit, mix, translate, score) ---------------------------------------------------------
+SrcOpt = Annotated[
+    str | None, typer.Option("--src", help="Source text for free-text targets (default: the preset's).")
+]
+StrengthOpt = Annotated[
+    float,
+    typer.Option(
+        "--strength",
+        min=0.0,
+        max=1.0,
+        help="Degree of change r: eps = r*edit + (1-r)*base (0..1; 1 = full edit).",
+    ),
+]
+LatentOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--latent",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="Latent from 'dclip invert' (skips inversion).",
+    ),
+]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
+ClipModelOpt = Annotated[
+    str, typer.Option("--clip-model", help="CLIP model name (ViT-B/16, ViT-B/32) or OpenAI CLIP file.")
+]
+MetricsOpt = Annotated[
+    str,
+    typer.Option("--metrics", help="Metrics to compute: all, none, or a list of clip,lpips,identity,psnr."),
+]
+FinetuneOpt = Annotated[
+    bool,
+    typer.Option(
+        "--finetune/--no-finetune",
+        help="Fine-tune an edit model now when none is found (else stop with an error).",
+    ),
+]
+FinetuneSamplesOpt = Annotated[
+    int,
+    typer.Option("--finetune-samples", min=0, help="Base-model samples added when fine-tuning on the fly."),
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print only the output paths, warnings and errors.")
+]

@@ -187,11 +187,13 @@ def ddim_loop(
     return x
 
 
+@torch.no_grad()
 def invert_progressive(model: EpsModel, x0: torch.Tensor, *, t0: int, n_steps: int) -> Iterator[StepInfo]:
-    """Progressive form of :func:`invert` (yields one info dict per model call; no autograd graph)."""
-    pairs = inversion_pairs(t0, n_steps)
-    with torch.no_grad():
-        yield from ddim_loop_progressive(model, x0, pairs, eta=0.0)
+    """Progressive form of :func:`invert` (yields one info dict per model call; no autograd graph).
+
+    Grad mode is disabled only while the generator runs (torch's decorator restores it at every ``yield``).
+    """
+    yield from ddim_loop_progressive(model, x0, inversion_pairs(t0, n_steps), eta=0.0)
 
 
 def invert(

@@ -29,21 +29,25 @@ def betas_float64() -> np.ndarray:
     return np.linspace(BETA_START, BETA_END, NUM_TIMESTEPS, dtype=np.float64)
 
 
+def _alphas_cumprod_table(device: torch.device) -> torch.Tensor:
+    key = str(device)
+    cached = _ALPHAS_CUMPROD_CACHE.get(key)
+    if cached is None:
+        betas = torch.from_numpy(betas_float64()).float().to(device)
+        cached = (1.0 - betas).cumprod(dim=0)
+        _ALPHAS_CUMPROD_CACHE[key] = cached
+    return cached
+
+
 def alphas_cumprod(device: torch.device | str | None = None) -> torch.Tensor:
-    """Return ᾱ_t for t = 0 … 999 as a float32 tensor of shape (1000,) on ``device``.
+    """Return ᾱ_t for t = 0 … 999 as a float32 tensor of shape (1000,) on ``device`` (a fresh copy).
 
     Parity (reference section 2 and 21.1-1): the original converts the float64 betas to float32 *first* and takes
     the cumulative product of (1 - β) in float32 on the device. ᾱ₅₀₀ is 0.07779666036 on this path and
     0.07779665837 in float64; the float32 path is the one that reproduces the original bit for bit.
     """
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    key = str(dev)
-    cached = _ALPHAS_CUMPROD_CACHE.get(key)
-    if cached is None:
-        betas = torch.from_numpy(betas_float64()).float().to(dev)
-        cached = (1.0 - betas).cumprod(dim=0)
-        _ALPHAS_CUMPROD_CACHE[key] = cached
-    return cached
+    return _alphas_cumprod_table(dev).clone()
 
 
 def alpha_bar(t: torch.Tensor | int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -64,7 +68,7 @@ def alpha_bar(t: torch.Tensor | int, device: torch.device | str | None = None) -
             f"Timestep out of range: {t_tensor.min().item()}..{t_tensor.max().item()}.",
             hint=f"Timesteps must lie in -1..{NUM_TIMESTEPS - 1}.",
         )
-    table = alphas_cumprod(device)
+    table = _alphas_cumprod_table(torch.device(device))
     # prepend ᾱ_{-1} = 1 so that index t + 1 gathers ᾱ_t and -1 maps to 1.0
     padded = torch.cat([torch.ones(1, dtype=table.dtype, device=table.device), table])
     return padded[t_tensor + 1]

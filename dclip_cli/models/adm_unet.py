@@ -171,6 +171,12 @@ def timestep_embedding_adm(t: torch.Tensor, dim: int, max_period: int = 10000) -
     return emb
 
 
+def _zero(module: nn.Module) -> None:
+    """Zero-initialise a layer (guided-diffusion's ``zero_module``)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+
+
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm with 32 groups and eps 1e-5, computed in float32 and cast back."""
 
@@ -246,8 +252,7 @@ class ResBlock(nn.Module):
             nn.Dropout(p=dropout),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
         )
-        nn.init.zeros_(self.out_layers[3].weight)
-        nn.init.zeros_(self.out_layers[3].bias)
+        _zero(self.out_layers[3])
         self.skip_connection: nn.Module = (
             nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
         )
@@ -318,8 +323,7 @@ class AttentionBlock(nn.Module):
         self.norm = GroupNorm32(channels)
         self.qkv = nn.Conv1d(channels, channels * 3, 1)
         self.proj_out = nn.Conv1d(channels, channels, 1)
-        nn.init.zeros_(self.proj_out.weight)
-        nn.init.zeros_(self.proj_out.bias)
+        _zero(self.proj_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
@@ -437,8 +441,7 @@ class ADMUNet(nn.Module):
         self.out = nn.Sequential(
             GroupNorm32(ch), nn.SiLU(), nn.Conv2d(input_ch, self.out_channels, 3, padding=1)
         )
-        nn.init.zeros_(self.out[2].weight)
-        nn.init.zeros_(self.out[2].bias)
+        _zero(self.out[2])
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute residual and attention blocks in the backward pass to save activation memory."""

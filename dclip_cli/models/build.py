@@ -93,8 +93,8 @@ def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> Arch:
     sample = ", ".join(sorted(state_dict)[:5]) or "(no keys)"
     raise StateDictMismatchError(
         f"The checkpoint is neither a DDPM nor an ADM diffusion model (first keys: {sample}).",
-        hint="dclip loads ermongroup/SDEdit DDPM and guided-diffusion ADM state dicts; "
-        "pass --arch if the file uses one of them with a prefix.",
+        hint="dclip loads ermongroup/SDEdit DDPM and guided-diffusion ADM state dicts and diffusers "
+        "UNet2DModel DDPM weights; check that the file is a diffusion checkpoint.",
     )
 
 
@@ -401,3 +401,61 @@ def save_diffusion_model(
     with atomic_path(path, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return Path(path)
+
+
+def load_arch_config(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, Any]]:
+    """Read architecture settings from a JSON, TOML or YAML file.
+
+    Accepted shapes: a flat mapping of settings (``{"ch": 128, ...}``), optionally with ``"arch"``; a mapping with
+    ``"arch"`` and ``"config"``; or an ermongroup/ddim YAML config, whose ``model:`` block is used (with
+    ``data.image_size`` as the resolution and its non-architecture keys ignored).
+
+    Returns:
+        ``(arch or None, settings)``.
+
+    Raises:
+        ConfigError: the file is missing, unparsable or not a mapping.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the architecture file {p}: {exc.strerror or exc}.") from exc
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".toml":
+            import tomllib
+
+            data: Any = tomllib.loads(text)
+        elif suffix in (".yml", ".yaml"):
+            try:
+                import yaml
+            except ImportError:  # pragma: no cover - PyYAML is usually present
+                raise ConfigError(
+                    f"Reading {p} needs PyYAML, which is not installed.",
+                    hint="pip install pyyaml, or write the settings as JSON or TOML.",
+                ) from None
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - json, tomllib and yaml raise different types
+        raise ConfigError(
+            f"The architecture file {p} could not be parsed: {exc}.",
+            hint="Write it as JSON, TOML or YAML with the settings as a mapping.",
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"The architecture file {p} does not hold a mapping of settings.")
+    arch = data.get("arch")
+    if isinstance(data.get("model"), dict):  # ddim/SDEdit YAML
+        settings = {k: v for k, v in data["model"].items() if k in DDPM_256_CONFIG}
+        image_size = (
+            (data.get("data") or {}).get("image_size") if isinstance(data.get("data"), dict) else None
+        )
+        if image_size is not None and "resolution" not in settings:
+            settings["resolution"] = image_size
+        return arch or "ddpm", settings
+    if isinstance(data.get("config"), dict):
+        return arch, dict(data["config"])
+    return arch, {k: v for k, v in data.items() if k != "arch"}

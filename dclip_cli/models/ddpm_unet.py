@@ -191,6 +191,34 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(out)
 
 
+class _Level(nn.Module):
+    """One resolution level: ``block`` and ``attn`` lists, plus ``downsample`` or ``upsample`` when present."""
+
+    def __init__(self, block: nn.ModuleList, attn: nn.ModuleList) -> None:
+        super().__init__()
+        self.block = block
+        self.attn = attn
+
+    @property
+    def resample(self) -> nn.Module | None:
+        """The level's ``downsample`` or ``upsample`` module, if it has one."""
+        return self._modules.get("downsample") or self._modules.get("upsample")
+
+
+class _Temb(nn.Module):
+    def __init__(self, ch: int, temb_ch: int) -> None:
+        super().__init__()
+        self.dense = nn.ModuleList([nn.Linear(ch, temb_ch), nn.Linear(temb_ch, temb_ch)])
+
+
+class _Mid(nn.Module):
+    def __init__(self, channels: int, temb_ch: int, dropout: float) -> None:
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels, temb_ch, dropout)
+        self.attn_1 = AttnBlock(channels)
+        self.block_2 = ResnetBlock(channels, channels, temb_ch, dropout)
+
+
 class DDPMUNet(nn.Module):
     """The ermongroup/SDEdit ``Model``: ``forward(x, t) -> eps`` with ``out_ch`` channels.
 
@@ -213,8 +241,7 @@ class DDPMUNet(nn.Module):
         self.in_channels = cfg["in_channels"]
         self.gradient_checkpointing = False
 
-        self.temb = nn.Module()
-        self.temb.dense = nn.ModuleList([nn.Linear(ch, self.temb_ch), nn.Linear(self.temb_ch, self.temb_ch)])
+        self.temb = _Temb(ch, self.temb_ch)
 
         self.conv_in = nn.Conv2d(cfg["in_channels"], ch, 3, stride=1, padding=1)
         curr_res = self.resolution
@@ -230,19 +257,15 @@ class DDPMUNet(nn.Module):
                 block_in = block_out
                 if curr_res in attn_resolutions:
                     attn.append(AttnBlock(block_in))
-            down = nn.Module()
-            down.block, down.attn = block, attn
+            down = _Level(block, attn)
             if i_level != self.num_resolutions - 1:
                 down.downsample = Downsample(block_in, resamp_with_conv)
                 curr_res //= 2
             self.down.append(down)
 
-        self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, self.temb_ch, dropout)
-        self.mid.attn_1 = AttnBlock(block_in)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, self.temb_ch, dropout)
+        self.mid = _Mid(block_in, self.temb_ch, dropout)
 
-        ups: list[nn.Module] = []
+        ups: list[_Level] = []
         for i_level in reversed(range(self.num_resolutions)):
             block, attn = nn.ModuleList(), nn.ModuleList()
             block_out = ch * ch_mult[i_level]
@@ -254,13 +277,14 @@ class DDPMUNet(nn.Module):
                 block_in = block_out
                 if curr_res in attn_resolutions:
                     attn.append(AttnBlock(block_in))
-            up = nn.Module()
-            up.block, up.attn = block, attn
+            up = _Level(block, attn)
             if i_level != 0:
                 up.upsample = Upsample(block_in, resamp_with_conv)
                 curr_res *= 2
             ups.insert(0, up)  # up.0 is the highest resolution, as in the original
         self.up = nn.ModuleList(ups)
+        self._downs: list[_Level] = [m for m in self.down if isinstance(m, _Level)]
+        self._ups: list[_Level] = ups
 
         self.norm_out = _norm(block_in)
         self.conv_out = nn.Conv2d(block_in, cfg["out_ch"], 3, stride=1, padding=1)
@@ -296,14 +320,14 @@ class DDPMUNet(nn.Module):
 
         hs = [self.conv_in(x)]
         for i_level in range(self.num_resolutions):
-            level = self.down[i_level]
+            level = self._downs[i_level]
             for i_block in range(self.num_res_blocks):
                 h = self._run(level.block[i_block], hs[-1], temb)
                 if len(level.attn) > 0:
                     h = self._run(level.attn[i_block], h)
                 hs.append(h)
-            if i_level != self.num_resolutions - 1:
-                hs.append(level.downsample(hs[-1]))
+            if level.resample is not None:
+                hs.append(level.resample(hs[-1]))
 
         h = hs[-1]
         h = self._run(self.mid.block_1, h, temb)
@@ -311,12 +335,12 @@ class DDPMUNet(nn.Module):
         h = self._run(self.mid.block_2, h, temb)
 
         for i_level in reversed(range(self.num_resolutions)):
-            level = self.up[i_level]
+            level = self._ups[i_level]
             for i_block in range(self.num_res_blocks + 1):
                 h = self._run(level.block[i_block], torch.cat([h, hs.pop()], dim=1), temb)
                 if len(level.attn) > 0:
                     h = self._run(level.attn[i_block], h)
-            if i_level != 0:
-                h = level.upsample(h)
+            if level.resample is not None:
+                h = level.resample(h)
 
         return self.conv_out(_swish(self.norm_out(h)))

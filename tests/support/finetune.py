@@ -21,7 +21,7 @@ from dclip_cli.checkpoints.registry import CheckpointSpec
 from dclip_cli.models import DiffusionModel, build_model
 from dclip_cli.presets.hookspecs import hookimpl
 from dclip_cli.presets.manager import register_plugin, unregister_plugin
-from dclip_cli.presets.preset import Edit, Preset
+from dclip_cli.presets.preset import Edit, IdentityModel, Preset
 from tests.support.http_server import FileServer
 from tests.support.tiny import tiny_ddpm_config
 from tests.support.tiny_clip import save_tiny_clip
@@ -40,9 +40,30 @@ def make_tiny32(seed: int = 0) -> DiffusionModel:
     return model.eval()
 
 
+class TinyFaceNet(torch.nn.Module):
+    """A small seeded embedder standing in for facenet: (B, 3, S, S) in [-1, 1] -> (B, 16), any S >= 8."""
+
+    def __init__(self, seed: int = 3) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+            self.fc = torch.nn.Linear(8 * 4 * 4, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.adaptive_avg_pool2d(torch.tanh(self.conv(x)), 4)
+        return self.fc(h.flatten(1))
+
+
+def _build_tiny_face(weights: str | Path, device: Any = None) -> torch.nn.Module:
+    net = TinyFaceNet()
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return net.to(device or "cpu").eval().requires_grad_(False)
+
+
 class _Plugin:
-    def __init__(self, preset: Preset, spec: CheckpointSpec) -> None:
-        self.preset, self.spec = preset, spec
+    def __init__(self, preset: Preset, specs: list[CheckpointSpec], identity: IdentityModel | None) -> None:
+        self.preset, self.specs, self.identity = preset, specs, identity
         self.__name__ = f"tests.support.finetune.{preset.name}"
 
     @hookimpl
@@ -51,7 +72,13 @@ class _Plugin:
 
     @hookimpl
     def register_checkpoints(self, register: Any) -> None:
-        register(self.spec)
+        for spec in self.specs:
+            register(spec)
+
+    @hookimpl
+    def register_identity_models(self, register: Any) -> None:
+        if self.identity is not None:
+            register(self.identity)
 
 
 @dataclass
@@ -68,7 +95,11 @@ class TinyPreset:
 
 @contextlib.contextmanager
 def tiny_preset(root: Path, name: str = "tinycat", **preset_fields: Any) -> Iterator[TinyPreset]:
-    """Register preset ``name`` (32x32 tiny DDPM, source "cat", edit "tiger" with t0 201) for the block."""
+    """Register preset ``name`` (32x32 tiny DDPM, source "cat", edit "tiger" with t0 201) for the block.
+
+    The plugin also registers an identity model ``<name>-face`` (:class:`TinyFaceNet`, weights served by the same
+    server); set ``identity_model=f"{name}-face"`` and ``id_weight`` in ``preset_fields`` to use it.
+    """
     root.mkdir(parents=True, exist_ok=True)
     model = make_tiny32()
     checkpoint = root / f"{name}.ckpt"
@@ -96,13 +127,20 @@ def tiny_preset(root: Path, name: str = "tinycat", **preset_fields: Any) -> Iter
     }
     fields.update(preset_fields)
     preset = Preset(**fields)
+    face = root / f"{name}-face.pt"
+    torch.save(TinyFaceNet().state_dict(), face)
     with FileServer() as server:
         url = server.add(f"/{name}.ckpt", data)
-        spec = CheckpointSpec(
-            name=f"{name}_base", filename=f"{name}.ckpt", urls=(url,), sha256=sha, size=len(data),
-            format="ddpm", arch="ddpm", arch_config=TINY32_CONFIG,
-        )  # fmt: skip
-        register_plugin(name, _Plugin(preset, spec))
+        face_url = server.add(f"/{name}-face.pt", face.read_bytes())
+        specs = [
+            CheckpointSpec(
+                name=f"{name}_base", filename=f"{name}.ckpt", urls=(url,), sha256=sha, size=len(data),
+                format="ddpm", arch="ddpm", arch_config=TINY32_CONFIG,
+            ),
+            CheckpointSpec(name=f"{name}-face", filename=f"{name}-face.pt", urls=(face_url,), format="facenet"),
+        ]  # fmt: skip
+        identity = IdentityModel(name=f"{name}-face", build=_build_tiny_face, checkpoint=f"{name}-face")
+        register_plugin(name, _Plugin(preset, specs, identity))
         try:
             yield TinyPreset(preset, model, checkpoint, sha, clip, server)
         finally:

@@ -1,0 +1,171 @@
+"""``dclip invert``: DDIM-invert images to latents and report how well they reconstruct."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dclip_cli.cli.options import (
+    CheckpointOpt,
+    DomainOpt,
+    ImagesArg,
+    JsonOpt,
+    OutputOpt,
+    OverwriteOpt,
+    T0Opt,
+)
+
+EXAMPLES = """
+Examples:
+
+  dclip invert face.jpg --domain face
+
+  dclip invert photos/ --domain church --t0 500 --steps 40 -o latents/
+
+  dclip invert cat.png --checkpoint my_unet.safetensors --arch-config unet.json -o cat.safetensors --json
+"""
+
+InvertStepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--steps",
+        "--inv-steps",
+        min=2,
+        help="Points in the DDIM inversion sequence (the reconstruction retraces it). Default: preset (40).",
+    ),
+]
+ArchConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--arch-config",
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="JSON/TOML/YAML architecture settings for --checkpoint (ddim YAML model block or create_model args).",
+    ),
+]
+
+
+class _LazyDownloadBar:
+    """An ``on_progress`` callback that shows a download bar only once bytes actually arrive."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self._cm: Any = None
+        self._cb: Any = None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self._cm is None:
+            from dclip_cli import console
+
+            self._cm = console.download_progress(self.description)
+            self._cb = self._cm.__enter__()
+        self._cb(done, total)
+
+    def close(self) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(None, None, None)
+            self._cm = None
+
+
+def invert_command(
+    ctx: typer.Context,
+    images: ImagesArg,
+    domain: DomainOpt = None,
+    checkpoint: CheckpointOpt = None,
+    arch_config: ArchConfigOpt = None,
+    t0: T0Opt = None,
+    steps: InvertStepsOpt = None,
+    output: OutputOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images inverted together.")] = 1,
+    require_face: Annotated[
+        bool, typer.Option("--require-face", help="Fail when the face aligner finds no face (face preset).")
+    ] = False,
+    json_output: JsonOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Invert images to DDIM latents (.safetensors) and save their reconstructions."""
+    import json
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from dclip_cli import api, console
+    from dclip_cli.cli._common import get_state, load_registry_with_warnings
+
+    if arch_config is not None and checkpoint is None:
+        raise typer.BadParameter(
+            "--arch-config describes a --checkpoint file; pass one.", param_hint="'--arch-config'"
+        )
+    if domain is None and checkpoint is None:
+        raise typer.BadParameter(
+            "choose a model with --domain NAME (see 'dclip presets list') or --checkpoint PATH.",
+            param_hint="'--domain' / '--checkpoint'",
+        )
+    load_registry_with_warnings()
+    state = get_state(ctx)
+    download = _LazyDownloadBar(f"Downloading the {domain} checkpoint" if domain else "Downloading")
+    try:
+        with console.step_progress("Inverting") as advance:
+
+            def on_step(info: dict[str, Any]) -> None:
+                first, last, n = info["images"]
+                which = f"image {first + 1}" if last - first == 1 else f"images {first + 1}-{last}"
+                update: dict[str, Any] = {"status": f"{which}/{n}: {info['phase']} t={info['t']}"}
+                if first == 0 and info["phase"] == "invert" and info["step"] == 1:
+                    # N-1 inversion calls and N generation calls per batch
+                    update["total"] = -(-n // batch_size) * (2 * info["total"] + 1)
+                advance(update)
+
+            report = api.invert_images(
+                images,
+                domain=domain,
+                checkpoint=checkpoint,
+                arch_config=arch_config,
+                t0=t0,
+                n_steps=steps,
+                output=output,
+                overwrite=overwrite,
+                device=state.device,
+                batch_size=batch_size,
+                require_face=require_face,
+                callback=on_step,
+                on_download=download,
+                on_warning=console.warn,
+            )
+    finally:
+        download.close()
+
+    if json_output:
+        console.out.print(
+            json.dumps(report.to_dict(), indent=2), markup=False, highlight=False, soft_wrap=True
+        )
+        return
+    if not console.is_quiet():
+        table = Table(
+            title=f"Inverted {len(report.images)} image(s) to t0 = {report.t0} with {report.steps} steps "
+            f"({report.arch}, {report.image_size}px, {report.seconds:.1f} s)"
+        )
+        table.add_column("image", style="bold")
+        table.add_column("latent")
+        table.add_column("reconstruction")
+        table.add_column("MSE", justify="right")
+        table.add_column("PSNR (dB)", justify="right")
+        for r in report.images:
+            table.add_row(
+                escape(str(r.image)),
+                escape(str(r.latent)),
+                escape(str(r.reconstruction)),
+                f"{r.mse:.5f}",
+                f"{r.psnr:.2f}",
+            )
+        console.err.print(table)
+    for r in report.images:
+        console.out.print(str(r.latent), markup=False, highlight=False, soft_wrap=True)
+        console.out.print(str(r.reconstruction), markup=False, highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("invert", epilog=EXAMPLES)(invert_command)

@@ -1,0 +1,603 @@
+"""Speed and memory: mixed precision, channels_last, torch.compile, gradient checkpointing and time estimates.
+
+What stays in float32 whatever the precision (issue 6):
+
+* the schedule coefficients ᾱ and the DDIM update: :class:`OptimizedEpsModel` returns ``eps`` as float32, so
+  :func:`~dclip_cli.diffusion.ddim.ddim_step` and everything after it run in float32 exactly as before;
+* GroupNorm statistics: on CUDA, autocast runs ``group_norm`` in float32; on the CPU its bfloat16 kernel
+  accumulates the mean and variance in float32; the ADM's ``GroupNorm32`` casts to float32 itself;
+* the weights: autocast casts a low-precision copy per call and leaves the float32 parameters (and the optimizer
+  state of a fine-tune) untouched.
+
+Only the UNet's convolutions, linear layers and attention run in the low-precision dtype.
+
+Typical use by a pipeline (``--precision``, ``--compile`` and ``--checkpointing`` of the commands)::
+
+    dtype = resolve_precision("auto", device)              # torch.bfloat16, torch.float16 or None (fp32)
+    eps_model = optimize_model(model, precision=dtype, compile=False)
+    x_lat = ddim.invert(eps_model, x0, t0=500, n_steps=40)  # fp32 in, fp32 out
+
+    seconds = estimate_seconds(eps_model, x0, n_calls=79)  # before a long CPU run
+    if should_print_estimate(device, seconds): ...          # "estimated time: 3 min 10 s"
+
+The library never prints: the CLI decides what to show.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from dclip_cli.errors import ConfigError
+
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+CHECKPOINTING_CHOICES: tuple[str, ...] = ("auto", "on", "off")
+
+_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_NAMES: dict[torch.dtype | None, str] = {None: "fp32", torch.float32: "fp32", torch.bfloat16: "bf16",
+                                         torch.float16: "fp16"}  # fmt: skip
+
+#: CPU feature flags (``/proc/cpuinfo``) that mean native bfloat16 arithmetic: AVX512-BF16, AMX and Arm's BF16
+CPU_BF16_FLAGS: frozenset[str] = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+#: runs estimated shorter than this are not worth announcing
+ESTIMATE_MIN_SECONDS = 20.0
+
+
+# --------------------------------------------------------------------------------------------- precision choice
+
+
+def cpu_flags_have_bf16(cpuinfo: str) -> bool:
+    """Whether a ``/proc/cpuinfo`` text lists a native bfloat16 feature (``flags`` on x86, ``Features`` on Arm)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features") and CPU_BF16_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX on x86, BF16 on Arm).
+
+    Read from ``/proc/cpuinfo`` (Linux) or ``sysctl hw.optional.arm.FEAT_BF16`` (macOS); ``False`` when neither can
+    be read. PyTorch's ``get_cpu_capability()`` only says "AVX512", which does not imply bfloat16 instructions.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            return cpu_flags_have_bf16(fh.read())
+    except OSError:
+        pass
+    if sys.platform == "darwin":  # pragma: no cover - not exercised on Linux CI
+        import subprocess
+
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True, timeout=5
+            )
+            return out.stdout.strip() == "1"
+        except (OSError, subprocess.SubprocessError):
+            return False
+    return False
+
+
+def device_supports_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` runs bfloat16 at native speed (CUDA compute capability >= 8.0, or a bf16 CPU)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False))
+    if dev.type == "cpu":
+        return cpu_has_native_bf16()
+    return False
+
+
+def resolve_precision(
+    spec: str | torch.dtype, device: torch.device | str, *, training: bool = False
+) -> torch.dtype | None:
+    """Turn a ``--precision`` value into the autocast dtype for ``device``.
+
+    ``auto`` is bfloat16 on CUDA GPUs that support it and float16 on older ones; bfloat16 on CPUs with native
+    bfloat16 (AVX512-BF16, AMX, Arm BF16); float32 otherwise (other CPUs, MPS). When ``training`` (fine-tuning),
+    ``auto`` never picks float16, which would need loss scaling: it falls back to float32.
+
+    Args:
+        spec: ``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"`` (also ``"float32"``, ``"bfloat16"``, ``"float16"``),
+            or a ``torch.dtype``.
+        device: the device the model runs on.
+        training: whether gradients will flow through the model.
+
+    Returns:
+        ``torch.bfloat16`` or ``torch.float16`` to run the UNet under autocast, or ``None`` for plain float32.
+
+    Raises:
+        ConfigError: an unknown name; bf16 on a CUDA GPU without bfloat16; fp16 for training.
+    """
+    dev = torch.device(device)
+    if isinstance(spec, torch.dtype):
+        name = _NAMES.get(spec)
+        if name is None:
+            raise ConfigError(f"Unsupported precision {spec}.", hint="Use float32, bfloat16 or float16.")
+    else:
+        name = str(spec).strip().lower()
+        name = {
+            "float32": "fp32",
+            "float": "fp32",
+            "bfloat16": "bf16",
+            "float16": "fp16",
+            "half": "fp16",
+        }.get(name, name)
+    if name not in PRECISIONS:
+        raise ConfigError(f"Unknown precision {spec!r}.", hint="Use --precision auto, fp32, bf16 or fp16.")
+    if name == "auto":
+        if dev.type == "cuda":
+            if device_supports_bf16(dev):
+                return torch.bfloat16
+            return None if training else torch.float16
+        if dev.type == "cpu" and cpu_has_native_bf16():
+            return torch.bfloat16
+        return None
+    if name == "bf16" and dev.type == "cuda" and not device_supports_bf16(dev):
+        raise ConfigError(
+            "--precision bf16 was requested but this GPU has no native bfloat16 support.",
+            hint="Use --precision fp16 (editing) or fp32.",
+        )
+    if name == "fp16" and training:
+        raise ConfigError(
+            "--precision fp16 cannot be used for fine-tuning: float16 gradients underflow without loss scaling.",
+            hint="Use --precision bf16 (on GPUs and CPUs that support it) or fp32.",
+        )
+    return _DTYPES[name]
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``"fp32"``, ``"bf16"`` or ``"fp16"`` for a dtype returned by :func:`resolve_precision`."""
+    return _NAMES.get(dtype, str(dtype))
+
+
+def describe_precision(dtype: torch.dtype | None, device: torch.device | str) -> str:
+    """A short phrase for logs, e.g. ``"bf16 autocast on cpu (AVX512-BF16/AMX)"`` or ``"fp32 on cuda"``."""
+    dev = torch.device(device)
+    if dtype is None:
+        return f"fp32 on {dev.type}"
+    extra = ""
+    if dtype is torch.bfloat16 and dev.type == "cpu":
+        extra = " (native bf16)" if cpu_has_native_bf16() else " (emulated bf16, slow)"
+    return f"{precision_name(dtype)} autocast on {dev.type}{extra}"
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` for ``device`` and ``dtype``, or a no-op context when ``dtype`` is ``None`` (fp32)."""
+    if dtype is None or dtype is torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------- optimized wrapper
+
+
+def _first_param_device(module: Any) -> torch.device | None:
+    if isinstance(module, nn.Module):
+        for p in module.parameters():
+            return p.device
+    return None
+
+
+class OptimizedEpsModel(nn.Module):
+    """An eps-model that runs the wrapped model under autocast (and channels_last / torch.compile).
+
+    ``forward(x, t)`` takes float32 ``x`` (B, C, H, W) and ``t`` (B,) and returns float32 ``eps`` (B, C, H, W) in
+    the standard contiguous layout, so the DDIM update and the schedule stay in float32. Attributes it does not
+    define itself (``arch``, ``image_size``, ``unet``, ``set_gradient_checkpointing``, ...) are those of the wrapped
+    model. The wrapped model is a submodule, so ``parameters()``, ``train()``, ``requires_grad_()`` and
+    ``copy.deepcopy`` work on the wrapper as on the model; use :func:`unwrap_model` to get the model back (for
+    example before saving a fine-tuned result).
+
+    Args:
+        model: an ``nn.Module`` or any callable ``model(x, t) -> eps`` (e.g. a mix of models).
+        dtype: autocast dtype (``torch.bfloat16`` / ``torch.float16``) or ``None`` for float32.
+        channels_last: feed ``x`` in channels_last memory format (the weights should be converted too, see
+            :func:`optimize_model`).
+        compile: run the model through ``torch.compile`` (compiled lazily on the first call; a new input shape
+            recompiles).
+
+    Autocast follows the input's device type.
+    """
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
+        dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if isinstance(model, nn.Module):
+            self.model = model
+        else:
+            self._fn = model
+        self.autocast_dtype = None if dtype is torch.float32 else dtype
+        self.channels_last = bool(channels_last)
+        self.use_compile = bool(compile)
+        self.__dict__["_compiled"] = None
+
+    # attribute passthrough -------------------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__.get("_modules", {}).get("model")
+            if inner is None:
+                inner = self.__dict__.get("_fn")
+            if inner is None or name.startswith("__"):
+                raise
+            return getattr(inner, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_compiled"] = None  # compiled code is rebuilt on demand (deepcopy, pickling)
+        return state
+
+    @property
+    def inner(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The wrapped model or callable."""
+        model = self._modules.get("model")
+        return model if model is not None else self.__dict__["_fn"]  # type: ignore[return-value]
+
+    def _callable(self) -> Callable[..., torch.Tensor]:
+        if not self.use_compile:
+            return self.inner
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None:
+            # kept out of _modules so that parameters and state_dict are not listed twice
+            compiled = torch.compile(self.inner, dynamic=False)
+            self.__dict__["_compiled"] = compiled
+        return compiled  # type: ignore[no-any-return]
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Predict ε under autocast.
+
+        Args:
+            x: (B, C, H, W) float32 samples.
+            t: (B,) float32 timesteps.
+
+        Returns:
+            eps: (B, C, H, W) float32, contiguous.
+        """
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(x.device.type, self.autocast_dtype):
+            eps = self._callable()(x, t)
+        if self.autocast_dtype is None and not self.channels_last:
+            return eps
+        return eps.float().contiguous()
+
+    def extra_repr(self) -> str:
+        return (
+            f"precision={precision_name(self.autocast_dtype)}, channels_last={self.channels_last}, "
+            f"compile={self.use_compile}"
+        )
+
+
+def optimize_model(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    precision: str | torch.dtype | None = "auto",
+    device: torch.device | str | None = None,
+    channels_last: bool = True,
+    compile: bool = False,
+    training: bool = False,
+) -> OptimizedEpsModel:
+    """Wrap an eps-model for speed: autocast in the chosen precision, channels_last and optionally torch.compile.
+
+    The wrapper computes in the low-precision dtype but takes and returns float32, so it drops into
+    :func:`~dclip_cli.diffusion.ddim.invert`, :func:`~dclip_cli.diffusion.ddim.generate`, the mixers and
+    :func:`~dclip_cli.finetune.finetune` unchanged. With ``precision="fp32"`` and ``channels_last=False`` the
+    results are bit-identical to the plain model.
+
+    ``channels_last`` converts the model's 4-D weights in place (``model.to(memory_format=torch.channels_last)``);
+    values are unchanged and saved state dicts are written contiguous. On CUDA it also turns on
+    ``torch.backends.cudnn.benchmark`` (fixed image sizes make the autotuned convolutions pay off).
+
+    Args:
+        model: a :class:`~dclip_cli.models.DiffusionModel` (or any ``model(x, t) -> eps`` callable; then only
+            autocast applies).
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"``, a dtype, or ``None`` (fp32, the "already
+            resolved" value of :func:`resolve_precision`); checked with :func:`resolve_precision` for ``device``.
+        device: the device the model runs on (default: its parameters' device, else CPU).
+        channels_last: use the channels_last memory format (faster convolutions on CPUs and GPUs).
+        compile: also ``torch.compile`` the model (worth it for long GPU runs; compiling takes minutes on a CPU).
+        training: the model will be fine-tuned (``auto`` then avoids fp16, see :func:`resolve_precision`).
+
+    Returns:
+        An :class:`OptimizedEpsModel` (``eps_model(x, t) -> eps``, float32).
+    """
+    if isinstance(model, OptimizedEpsModel):
+        model = model.inner
+    dev = torch.device(device) if device is not None else (_first_param_device(model) or torch.device("cpu"))
+    dtype = None if precision is None else resolve_precision(precision, dev, training=training)
+    if channels_last and isinstance(model, nn.Module):
+        model.to(memory_format=torch.channels_last)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return OptimizedEpsModel(
+        model, dtype=dtype, channels_last=channels_last and isinstance(model, nn.Module), compile=compile
+    )
+
+
+def unwrap_model(model: Any) -> Any:
+    """Return the model inside an :class:`OptimizedEpsModel` (or ``model`` itself), e.g. before saving weights."""
+    while isinstance(model, OptimizedEpsModel):
+        model = model.inner
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- checkpointing
+
+
+def set_gradient_checkpointing(model: Any, enabled: bool = True) -> bool:
+    """Switch gradient checkpointing of the UNet blocks on or off.
+
+    Works on a :class:`~dclip_cli.models.DiffusionModel`, a raw UNet or an :class:`OptimizedEpsModel`.
+
+    Returns:
+        Whether the model supports it (``False``: nothing was changed).
+    """
+    target = unwrap_model(model)
+    switch = getattr(target, "set_gradient_checkpointing", None)
+    if switch is None:
+        return False
+    switch(bool(enabled))
+    return True
+
+
+def resolve_checkpointing(spec: str | bool | None, *, mode: str = "original") -> bool:
+    """Turn a ``--checkpointing`` value into a switch for the fine-tuning ``mode``.
+
+    ``auto`` (or ``None``) is on for the original mode, where the autograd graph holds the activations of every
+    chained UNet call (``n_train_steps`` of them, the reason the original needs 24 GB), and off for the efficient
+    mode, whose graph holds one call: there checkpointing would cost a third more compute for a smaller saving.
+
+    Raises:
+        ConfigError: an unknown value.
+    """
+    if isinstance(spec, bool):
+        return spec
+    value = (spec or "auto").strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    if value == "auto":
+        return mode == "original"
+    raise ConfigError(f"Unknown checkpointing setting {spec!r}.", hint="Use --checkpointing auto, on or off.")
+
+
+# ------------------------------------------------------------------------------------------------- timing
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued GPU work on ``device`` (a no-op on the CPU), so wall-clock timings are honest."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    elif dev.type == "mps":  # pragma: no cover - no MPS on CI
+        torch.mps.synchronize()
+
+
+def _model_device(model: Any, x: torch.Tensor) -> torch.device:
+    return _first_param_device(unwrap_model(model)) or x.device
+
+
+def time_forward(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    t: int | float = 500,
+    repeats: int = 1,
+    warmup: int = 0,
+) -> float:
+    """Seconds of one ``model(x, t)`` call without gradient (the fastest of ``repeats``, after ``warmup`` calls).
+
+    Args:
+        model: eps-callable.
+        x: (B, C, H, W) input batch (its batch size is the one timed).
+        t: timestep fed to the model.
+        repeats: timed calls (>= 1); the minimum is returned.
+        warmup: untimed calls first.
+    """
+    device = _model_device(model, x)
+    tt = torch.full((x.shape[0],), float(t), dtype=torch.float32, device=x.device)
+    best = math.inf
+    with torch.no_grad():
+        for _ in range(max(0, warmup)):
+            model(x, tt)
+        synchronize(device)
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            model(x, tt)
+            synchronize(device)
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+#: a training call (forward + backward) costs about this many forwards; checkpointing adds one more forward
+BACKWARD_FACTOR = 3.0
+
+
+def estimate_seconds(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    n_calls: int,
+    *,
+    train_calls: int = 0,
+    checkpointing: bool = False,
+    seconds_per_call: float | None = None,
+) -> float:
+    """Estimate the run time of ``n_calls`` model calls on batches like ``x`` from one measured call.
+
+    One forward of ``x`` is timed (it is a real call, so it also warms the model up) and extrapolated:
+    ``n_calls`` inference calls plus ``train_calls`` calls with backward, each worth :data:`BACKWARD_FACTOR`
+    forwards (one more with gradient checkpointing). Optimizer steps, losses and I/O are not counted.
+
+    Args:
+        model: eps-callable (time the model you will run: optimized or not).
+        x: (B, C, H, W) one batch as it will be fed.
+        n_calls: inference calls (inversion + generation steps times batches).
+        train_calls: UNet calls that are back-propagated (fine-tuning).
+        checkpointing: whether those recompute their activations.
+        seconds_per_call: a measurement to reuse instead of timing one call.
+
+    Returns:
+        Estimated seconds.
+    """
+    per_call = time_forward(model, x) if seconds_per_call is None else float(seconds_per_call)
+    factor = BACKWARD_FACTOR + (1.0 if checkpointing else 0.0)
+    return per_call * (max(0, n_calls) + factor * max(0, train_calls))
+
+
+def should_print_estimate(device: torch.device | str, seconds: float) -> bool:
+    """Whether an estimate is worth showing: CPU (or MPS) runs longer than :data:`ESTIMATE_MIN_SECONDS`."""
+    return torch.device(device).type != "cuda" and seconds >= ESTIMATE_MIN_SECONDS
+
+
+def format_seconds(seconds: float) -> str:
+    """Human duration: ``"45 s"``, ``"3 min 10 s"``, ``"1 h 05 min"``."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "unknown"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+# ------------------------------------------------------------------------------------------------- memory
+
+
+def _read_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def current_rss_bytes() -> int | None:
+    """Resident memory of this process in bytes (Linux ``VmRSS``), or ``None`` where unavailable."""
+    kib = _read_status_kib("VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a new peak-memory window: CUDA allocator statistics, or the process's RSS high-water mark (Linux)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        return
+    with contextlib.suppress(OSError):
+        with open(
+            "/proc/self/clear_refs", "w", encoding="utf-8"
+        ) as fh:  # "5" resets VmHWM to the current RSS
+            fh.write("5")
+
+
+def peak_memory_bytes(device: torch.device | str) -> int | None:
+    """Peak memory since :func:`reset_peak_memory`: CUDA ``max_memory_allocated``, or peak RSS (``VmHWM``) on CPU.
+
+    The CPU figure is the whole process (Python, libraries, model), not only tensors; ``None`` where unavailable.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(dev))
+    kib = _read_status_kib("VmHWM")
+    if kib is None:
+        import resource
+
+        kib = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        if sys.platform == "darwin":  # pragma: no cover - bytes there
+            kib //= 1024
+    return kib * 1024
+
+
+@contextlib.contextmanager
+def track_peak_memory(device: torch.device | str) -> Iterator[dict[str, int | None]]:
+    """Context that fills ``{"peak_bytes", "start_bytes"}`` for the enclosed block (see :func:`peak_memory_bytes`)."""
+    dev = torch.device(device)
+    synchronize(dev)
+    result: dict[str, int | None] = {}
+    result["start_bytes"] = (
+        int(torch.cuda.memory_allocated(dev)) if dev.type == "cuda" else current_rss_bytes()
+    )
+    reset_peak_memory(dev)
+    try:
+        yield result
+    finally:
+        synchronize(dev)
+        result["peak_bytes"] = peak_memory_bytes(dev)
+
+
+def cpu_name() -> str:
+    """The CPU model name (``/proc/cpuinfo`` ``model name``), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device | str) -> str:
+    """Human name of ``device``: the GPU's name, or the CPU model with its core count and threads in use."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return str(torch.cuda.get_device_name(dev))
+    if dev.type == "cpu":
+        return f"{cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return dev.type
+
+
+__all__ = [
+    "BACKWARD_FACTOR",
+    "CHECKPOINTING_CHOICES",
+    "PRECISIONS",
+    "OptimizedEpsModel",
+    "autocast",
+    "cpu_flags_have_bf16",
+    "cpu_has_native_bf16",
+    "describe_precision",
+    "device_name",
+    "device_supports_bf16",
+    "estimate_seconds",
+    "format_seconds",
+    "optimize_model",
+    "peak_memory_bytes",
+    "precision_name",
+    "reset_peak_memory",
+    "resolve_checkpointing",
+    "resolve_precision",
+    "set_gradient_checkpointing",
+    "should_print_estimate",
+    "synchronize",
+    "time_forward",
+    "track_peak_memory",
+    "unwrap_model",
+]
