@@ -13,6 +13,11 @@ from dclip_cli._version import __version__
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "DclipError": "dclip_cli.errors",
+    "edit_images": "dclip_cli.editing",
+    "mix_images": "dclip_cli.editing",
+    "translate_images": "dclip_cli.editing",
+    "score_images": "dclip_cli.editing",
+    "parse_mix_schedule": "dclip_cli.editing",
     "FinetuneConfig": "dclip_cli.finetune",
     "finetune": "dclip_cli.finetune",
     "run_finetune": "dclip_cli.finetune",

@@ -30,9 +30,7 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
         return torch.device("cpu")
     kind = spec.split(":", 1)[0]
     if kind not in ("cpu", "cuda", "mps"):
-        raise DeviceError(
-            f"Unknown device {spec!r}.", hint="Use --device auto, cpu, cuda, cuda:N or mps."
-        )
+        raise DeviceError(f"Unknown device {spec!r}.", hint="Use --device auto, cpu, cuda, cuda:N or mps.")
     if kind == "cuda" and not torch.cuda.is_available():
         raise DeviceError(
             "--device cuda was requested but PyTorch sees no CUDA GPU.",

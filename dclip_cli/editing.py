@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dclip_cli.errors import (
     ConfigError,
@@ -489,8 +489,10 @@ def plan_outputs(
 DownloadCallback = Callable[[int, "int | None"], None]
 
 
-class Reporter:
-    """Receives what the pipelines have to say. This base class ignores everything; the CLI subclasses it.
+class Reporter(Protocol):
+    """Receives what the pipelines have to say (the CLI renders it with Rich; :class:`NullReporter` drops it).
+
+    Subclass it to inherit do-nothing defaults, or implement the four methods in any class.
 
     Phases passed to :meth:`progress` are ``"fine-tuning"``, ``"inversion"``, ``"reconstruction"``,
     ``"generation"`` and ``"translation"``; ``total`` is the number of model calls of the phase.
@@ -498,16 +500,23 @@ class Reporter:
 
     def info(self, message: str) -> None:
         """A status line (which domain, which edit model, what was written)."""
+        return None
 
     def warn(self, message: str) -> None:
         """Something the user should know that did not stop the run."""
+        return None
 
     def progress(self, phase: str, *, advance: int = 1, total: int | None = None, status: str = "") -> None:
         """``advance`` more units of ``phase`` were done (``total`` sets or updates the length)."""
+        return None
 
     def download(self, name: str) -> DownloadCallback | None:
         """An ``on_progress(done, total)`` callback for downloading checkpoint ``name``, or ``None``."""
         return None
+
+
+class NullReporter(Reporter):
+    """A reporter that ignores everything (the library default)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -517,6 +526,8 @@ class Reporter:
 DEFAULT_CLIP_MODEL = "ViT-B/16"
 ALL_METRICS = ("clip", "lpips", "identity", "psnr")
 DEFAULT_BATCH_SIZE = 4
+#: size the inputs are prepared at for domain detection (CLIP resizes to its own input size anyway)
+DETECTION_SIZE = 224
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:
@@ -650,7 +661,7 @@ class Session:
 
         self.device = resolve_device(device)
         self.clip_model = clip_model
-        self.reporter = reporter or Reporter()
+        self.reporter: Reporter = reporter or NullReporter()
         self.registry = get_registry()
         self._clip: Any = None
         self._bases: dict[str, LoadedModel] = {}
@@ -740,6 +751,11 @@ class Session:
             from dclip_cli.losses.lpips import LPIPSLoss
 
             self._lpips = LPIPSLoss().to(self.device)
+            from dclip_cli.losses.lpips import trunk_weights_path
+            from dclip_cli.manifest import model_record
+
+            trunk = trunk_weights_path(self._lpips.net_name)
+            self.extra_models.append(model_record("lpips", f"lpips-{self._lpips.net_name}", path=trunk))
         return self._lpips
 
     def identity(self, preset: Preset) -> Any | None:
@@ -787,9 +803,12 @@ class Session:
     # -- inputs -------------------------------------------------------------------------------------------------
 
     def load_inputs(
-        self, paths: Sequence[Path], size: int, preset: Preset | None = None
+        self, paths: Sequence[Path], size: int, preset: Preset | None = None, *, quiet: bool = False
     ) -> tuple[list[InputImage], list[tuple[Path, str]]]:
-        """Load and prepare every input; unreadable ones are returned as ``(path, reason)`` instead."""
+        """Load and prepare every input; unreadable ones are returned as ``(path, reason)`` instead.
+
+        ``quiet`` drops preprocessing warnings (used for the detection probe, which is not the model input).
+        """
         from dclip_cli import images
 
         aligner = None
@@ -808,7 +827,7 @@ class Session:
             except ImageError as exc:
                 failed.append((path, exc.message))
                 continue
-            for w in info.get("warnings", []):
+            for w in [] if quiet else info.get("warnings", []):
                 self.reporter.warn(w)
             ok.append(InputImage(path, x0, info))
         return ok, failed
@@ -840,8 +859,18 @@ class Session:
 
 #: samples drawn from the base model, beside the input images, by the quick on-the-fly fine-tuning
 QUICK_SAMPLES = 8
+#: at most this many input images join the quick on-the-fly fine-tuning
+QUICK_MAX_IMAGES = 8
 
 _MODEL_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
+
+
+def _is_plain_name(name: str) -> bool:
+    """Whether ``name`` can be a library or registry name (``face/pixar``), not a path."""
+    return (
+        re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?", name) is not None
+        and ".." not in name
+    )
 
 
 def _artifact_model(
@@ -967,9 +996,10 @@ def resolve_edit_model(
         else:
             from dclip_cli.checkpoints import cache
 
-            lib = cache.find_library_file(model) if "/" in model else None
+            lib_name = model if "/" in model else f"{preset.name}/{model}"
+            lib = cache.find_library_file(lib_name) if _is_plain_name(lib_name) else None
             if lib is not None:
-                loaded = _artifact_model(session, lib, base, name=model, source="model-name")
+                loaded = _artifact_model(session, lib, base, name=lib_name, source="model-name")
             else:
                 try:
                     fetched = session.fetch(model)
@@ -1054,6 +1084,7 @@ def _finetune_now(
     else:
         pair = resolve_pairs(preset, texts=[target.trg], src_text=target.src)[0]
     output, to_library = _library_output(preset, pair.key, t0)
+    images = list(images)[:QUICK_MAX_IMAGES]
     n_images = len(images) + n_samples
     reporter.info(
         f"No fine-tuned model for {target.label} yet: fine-tuning one now on {n_images} image(s) "
@@ -1074,6 +1105,12 @@ def _finetune_now(
             first = "fine-tuning" not in totals
             totals["fine-tuning"] = total
             reporter.progress("fine-tuning", total=total if first else None, status=status)
+        elif kind == "progress":
+            phase = f"fine-tuning: {event.get('phase')}"
+            done, last = int(event.get("done", 0)), totals.get(phase, 0)
+            totals[phase] = done
+            if done > last:
+                reporter.progress(phase, advance=done - last, total=event.get("total"))
         elif kind == "download":
             cb = reporter.download(str(event.get("name")))
             if cb is not None:
@@ -1203,9 +1240,7 @@ def _prepare_run(
         detection = None
         ok, failed = session.load_inputs(inputs, preset.image_size, preset)
     else:
-        from dclip_cli.losses.clip import ClipModel  # noqa: F401 - fail early if CLIP is broken
-
-        probe, failed = session.load_inputs(inputs, 224)
+        probe, failed = session.load_inputs(inputs, DETECTION_SIZE, quiet=True)
         _raise_if_none_readable(probe, failed)
         label = str(inputs[0]) if len(inputs) == 1 else f"{len(probe)} images"
         preset, detection = session.choose_preset(None, probe, label)
@@ -1290,6 +1325,18 @@ def _check_latent(
     image_sha = meta.get("image_sha256")
     if image_sha and image_sha != inp.info.get("image_sha256"):
         reporter.warn(f"The latent {path} was inverted from another image than {inp.path}.")
+
+
+def _outputs_doc(plan: OutputSet) -> dict[str, Any]:
+    """The ``outputs`` section of a sidecar: absolute paths."""
+    doc: dict[str, Any] = {
+        "image": str(plan.image.resolve()),
+        "compare": str(plan.compare.resolve()) if plan.compare is not None else None,
+        "sidecar": str(plan.sidecar.resolve()),
+    }
+    if plan.intermediates:
+        doc["intermediates"] = [str(p.resolve()) for p in plan.intermediates]
+    return doc
 
 
 def _phase_callback(reporter: Reporter, phase: str, total: int) -> Callable[[dict[str, Any]], None]:
@@ -1503,7 +1550,8 @@ def edit_images(
     # 2. inputs, domain, target, outputs (before any diffusion model is loaded)
     preset, detection, inputs, failed = _prepare_run(session, paths, domain)
     target = resolve_target(preset, to, src)
-    latent_x, latent_meta = (None, {})
+    latent_x: Any = None
+    latent_meta: dict[str, Any] = {}
     if latent is not None:
         latent_x, latent_meta = _read_latent(Path(latent), len(inputs))
     plans = plan_outputs(
@@ -1520,13 +1568,14 @@ def edit_images(
             f"The latent {latent} was inverted to t0 = {lat_t0}, but --t0 {t0} was given.",
             hint="Drop --t0 (the latent's t0 is used), or invert again with 'dclip invert --t0'.",
         )
+    # t0: --t0, else the latent's, else the edit model's (read after resolution), else the named edit's, else the
+    # preset's; the provisional value is what the library lookup and on-the-fly fine-tuning use
     wanted_t0 = t0 if t0 is not None else (int(lat_t0) if lat_t0 is not None else None)
-    if wanted_t0 is None and target.edit is not None and target.edit.t0 is not None:
-        wanted_t0 = target.edit.t0
+    edit_t0 = target.edit.t0 if target.edit is not None else None
     lat_steps = latent_meta.get("steps")
     provisional = _settings_for(
         preset,
-        t0=wanted_t0,
+        t0=wanted_t0 if wanted_t0 is not None else edit_t0,
         n_inv_steps=n_inv_steps if n_inv_steps is not None else (int(lat_steps) if lat_steps else None),
         n_gen_steps=n_gen_steps,
         eta=eta,
@@ -1636,7 +1685,7 @@ def edit_images(
                 return build_manifest(
                     command="edit",
                     inputs=[input_record(inp.path)],
-                    outputs={"image": plan.image.resolve(), "compare": plan.compare, "sidecar": plan.sidecar},
+                    outputs=_outputs_doc(plan),
                     settings=run_settings,
                     seed=seed,
                     models=models_doc,
@@ -1784,7 +1833,8 @@ def mix_images(
     tag = "mix-" + "+".join([*(t.tag for t in targets), *(slugify(Path(m).stem) for m in models)])
     if with_base:
         tag += "+base"
-    latent_x, latent_meta = (None, {})
+    latent_x: Any = None
+    latent_meta: dict[str, Any] = {}
     if latent is not None:
         latent_x, latent_meta = _read_latent(Path(latent), len(inputs))
     plans = plan_outputs([inp.path for inp in inputs], tag, output, compare=compare, overwrite=overwrite)
@@ -1888,7 +1938,7 @@ def mix_images(
                 return build_manifest(
                     command="mix",
                     inputs=[input_record(inp.path)],
-                    outputs={"image": plan.image.resolve(), "compare": plan.compare, "sidecar": plan.sidecar},
+                    outputs=_outputs_doc(plan),
                     settings={
                         "domain": preset.name,
                         "domain_detection": _detection_dict(detection),
@@ -2019,10 +2069,14 @@ def translate_images(
         overwrite=overwrite,
     )
     wanted_t0 = t0
-    if wanted_t0 is None and target is not None and target.edit is not None:
-        wanted_t0 = target.edit.t0
+    edit_t0 = target.edit.t0 if target is not None and target.edit is not None else None
     settings = _settings_for(
-        preset, t0=wanted_t0, n_inv_steps=n_inv_steps, n_gen_steps=n_gen_steps, eta=eta, seed=seed
+        preset,
+        t0=wanted_t0 if wanted_t0 is not None else edit_t0,
+        n_inv_steps=n_inv_steps,
+        n_gen_steps=n_gen_steps,
+        eta=eta,
+        seed=seed,
     )
 
     timings = Timings()
@@ -2100,12 +2154,7 @@ def translate_images(
                 return build_manifest(
                     command="translate",
                     inputs=[input_record(inp.path)],
-                    outputs={
-                        "image": plan.image.resolve(),
-                        "compare": plan.compare,
-                        "intermediates": list(plan.intermediates),
-                        "sidecar": plan.sidecar,
-                    },
+                    outputs=_outputs_doc(plan),
                     settings={
                         "domain": preset.name,
                         "domain_detection": _detection_dict(detection),

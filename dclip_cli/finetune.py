@@ -813,7 +813,7 @@ def load_training_images(
         for message in info.get("warnings", []):
             _emit(callback, "warning", message=message)
         images.append(x)
-        keys.append(tensor_sha256(x[0]))
+        keys.append(tensor_sha256(x))  # (1, 3, S, S): the same key dclip edit uses for this image
         _emit(callback, "progress", phase="load", done=i + 1, total=len(files))
     return torch.cat(images), keys
 
@@ -1278,7 +1278,7 @@ def run_finetune(
         )
         if n_samples:
             x0_parts.append(drawn[:n_samples])
-            keys.extend(tensor_sha256(x) for x in drawn[:n_samples])
+            keys.extend(tensor_sha256(drawn[i : i + 1]) for i in range(min(n_samples, len(drawn))))
         x_preview = drawn[n_samples:]
     else:
         x_preview = torch.zeros((0, 3, preset.image_size, preset.image_size))

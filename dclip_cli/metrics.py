@@ -13,6 +13,7 @@ key                           meaning                                           
 ``identity``                  cos of face embeddings of input and edit (faces only)                    higher
 ``reconstruction_psnr``       PSNR in dB of the base model's reconstruction against the input: how     higher
                               faithful inversion + generation is before any editing
+``psnr``                      PSNR in dB between two given images (``dclip score``)                     higher
 ============================  =======================================================================  =========
 
 The networks are passed in (:class:`MetricModels`); a missing one leaves its metric out rather than failing, so
@@ -34,6 +35,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "lpips": ("LPIPS to input", False),
     "identity": ("identity similarity", True),
     "reconstruction_psnr": ("reconstruction PSNR (dB)", True),
+    "psnr": ("PSNR (dB)", True),
 }
 
 

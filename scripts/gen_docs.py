@@ -74,7 +74,9 @@ def presets_markdown() -> str:
         ]
         for key in sorted(p.edits):
             e = p.edits[key]
-            official = f"`{e.checkpoint}` ({registry.checkpoints[e.checkpoint].filename})" if e.checkpoint else ""
+            official = (
+                f"`{e.checkpoint}` ({registry.checkpoints[e.checkpoint].filename})" if e.checkpoint else ""
+            )
             lines.append(f"| `{key}` | {e.src} | {e.trg} | {e.t0 or ''} | {official} |")
         lines.append("")
     return "\n".join(lines)

@@ -76,7 +76,9 @@ def test_cache_dir_resolution_order(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 def test_core_specs_and_aliases() -> None:
     b16 = store.get_spec("ViT-B/16")
     assert b16 is builtin.CLIP_VIT_B_16 and store.get_spec("clip-vit-b-16") is b16
-    assert str(b16.sha256) in str(b16.urls[0]) and b16.filename == "ViT-B-16.pt"  # OpenAI URLs carry the SHA-256
+    assert (
+        str(b16.sha256) in str(b16.urls[0]) and b16.filename == "ViT-B-16.pt"
+    )  # OpenAI URLs carry the SHA-256
     b32 = store.get_spec("ViT-B/32")
     assert b32.sha256 == "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"
     assert b32.sha256 in str(b32.urls[0])

@@ -71,6 +71,7 @@ def test_edit_finetunes_once_then_reuses_the_library(world, finetune_calls) -> N
     assert lib_path.name == "smiling.safetensors" and lib_path.is_file()
     assert sidecar["models"][1]["sha256"] == sha256_file(lib_path)
     mtime = lib_path.stat().st_mtime_ns
+    first_png = png(out)
 
     second = run(world, str(world.image), "--to", "smiling", "--domain", "tinyface", "--overwrite")
     assert second.exit_code == 0, second.output
@@ -82,7 +83,15 @@ def test_edit_finetunes_once_then_reuses_the_library(world, finetune_calls) -> N
     assert again["settings"]["edit_model_source"] == "library"
     assert again["models"][1]["path"] == str(lib_path)
     # the library model is the one just trained: the same edit comes out
-    assert np.abs(png(out).astype(int) - png(out).astype(int)).max() == 0
+    assert np.array_equal(png(out), first_png)
+    assert not np.array_equal(first_png, _reconstruction(world.image))  # and it is an edit
+
+    # the library entry by its short name, for another text
+    short = run(
+        world, str(world.image), "--to", "face with a hat", "--domain", "tinyface", "--model", "smiling"
+    )
+    assert short.exit_code == 0, short.output
+    assert f"the model named with --model ({lib_path})" in short.stderr
 
     # --no-finetune with a text nothing was trained for stops with an error naming the fix
     third = run(world, str(world.image), "--to", "angry", "--domain", "tinyface", "--no-finetune")
@@ -188,14 +197,24 @@ def test_official_checkpoint_and_model_file(world) -> None:
     assert doc["settings"]["t0"] == 201  # the named edit's t0, read from the official file name
     official = Path(doc["models"][1]["path"])
 
-    other = run(world, str(world.image), "--to", "pixar", "--domain", "tinyface", "--model", str(official), "-o",
-                str(world.root / "again.png"))  # fmt: skip
+    # the same model given as a file for another named edit: its t0 (201, from the file name) is used
+    other = run(world, str(world.image), "--to", "smiling", "--domain", "tinyface", "--model", str(official),
+                "-o", str(world.root / "again.png"))  # fmt: skip
     assert other.exit_code == 0, other.output
     assert "the file given with --model" in other.stderr
+    assert json.loads((world.root / "again.json").read_text())["settings"]["t0"] == 201
     assert np.array_equal(png(world.root / "again.png"), png(world.image.with_name("photo.pixar.png")))
 
     missing = run(
-        world, str(world.image), "--to", "pixar", "--domain", "tinyface", "--model", "nope.safetensors", "--overwrite"
+        world,
+        str(world.image),
+        "--to",
+        "pixar",
+        "--domain",
+        "tinyface",
+        "--model",
+        "nope.safetensors",
+        "--overwrite",
     )
     assert missing.exit_code == 1 and "The model file nope.safetensors does not exist" in missing.stderr
 
@@ -272,3 +291,23 @@ def test_bad_inputs(world, args: list[str], code: int, message: str) -> None:
     assert files(world.root) == before  # nothing written, nothing partial
     assert existing.read_bytes() == b"keep me"
     assert world.server.count("/tiny_base.ckpt") == 0  # refused before any model was downloaded
+
+
+def test_score_any_pair(world) -> None:
+    other = write_image(world.root / "other.png", seed=9)
+    args = ["score", str(world.image), str(other), "--src", "face", "--trg", "smiling face", "--clip-model",
+            str(world.clip), "--metrics", "clip,psnr", "--domain", "tinyface"]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    assert set(row) == {"clip_directional", "clip_target", "psnr"}
+    assert -1 <= row["clip_directional"] <= 1 and 0 < row["psnr"] < 60
+    same_args = ["score", str(world.image), str(world.image), "--src", "face", "--trg", "old", "--clip-model",
+                 str(world.clip), "--metrics", "psnr", "--json"]  # fmt: skip
+    same = CliRunner().invoke(app, same_args)
+    assert same.exit_code == 0
+    assert json.loads(same.stdout) == {"psnr": None}  # identical images: infinite PSNR
+    table = CliRunner().invoke(app, args)
+    assert table.exit_code == 0
+    assert "directional" in table.stdout and "PSNR" in table.stdout
+    assert world.server.count("/tiny_base.ckpt") == 0  # scoring needs no diffusion model

@@ -6,13 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from dclip_cli.editing import (
     MixEntry,
+    Reporter,
+    Session,
     check_strength,
     default_mix_schedule,
     expand_inputs,
+    find_library_match,
     format_mix_schedule,
+    parse_metrics,
     parse_mix_schedule,
     parse_sweep,
     plan_outputs,
@@ -27,6 +32,7 @@ from dclip_cli.errors import (
     OutputExistsError,
     UnknownEditError,
 )
+from dclip_cli.metrics import MetricModels, compute_metrics, identity_similarity, mean_metrics, psnr
 from dclip_cli.presets.preset import Edit, Preset
 
 
@@ -235,3 +241,118 @@ def test_plan_outputs_directory_under_a_file(tmp_path: Path) -> None:
     blocker.write_text("a file, not a directory")
     with pytest.raises(OutputError, match="blocker is a file"):
         plan_outputs([a], "smiling", blocker / "sub")
+
+
+# --- metrics ----------------------------------------------------------------------------------------------------
+
+
+def test_psnr_closed_form() -> None:
+    x = torch.zeros(2, 3, 8, 8)
+    y = x + torch.tensor([0.2, 0.02]).reshape(2, 1, 1, 1)  # [0, 1]-scale differences 0.1 and 0.01
+    assert psnr(y, x).tolist() == pytest.approx([20.0, 40.0], abs=1e-4)
+    assert psnr(x, x)[0].item() == float("inf")
+    assert psnr(torch.full((1, 3, 4, 4), 5.0), torch.ones(1, 3, 4, 4))[0].item() == float("inf")  # clamped
+
+
+def test_compute_metrics_with_real_lpips_and_an_embedding_net() -> None:
+    from dclip_cli.losses.lpips import LPIPSLoss
+
+    gen = torch.Generator().manual_seed(0)
+    x_src = torch.rand(1, 3, 32, 32, generator=gen) * 2 - 1
+    x_edit = torch.cat([x_src, (x_src + 0.3 * torch.randn(1, 3, 32, 32, generator=gen)).clamp(-1, 1)])
+    proj = torch.randn(3 * 32 * 32, 16, generator=gen)
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x.flatten(1) @ proj, dim=-1)
+
+    lpips = LPIPSLoss("squeeze", pnet_rand=True)  # random trunk: no download, still a real LPIPS network
+    rows = compute_metrics(
+        MetricModels(lpips=lpips.per_sample, identity=embed), x_src=x_src, x_edit=x_edit, x_rec=x_edit
+    )
+    assert [set(r) for r in rows] == [{"lpips", "identity", "reconstruction_psnr"}] * 2
+    assert rows[0]["lpips"] == pytest.approx(0.0, abs=1e-6) and rows[1]["lpips"] > 0
+    assert rows[0]["identity"] == pytest.approx(1.0) and rows[1]["identity"] < 1.0
+    assert rows[0]["reconstruction_psnr"] == float("inf")
+    assert identity_similarity(embed, x_src, x_edit).shape == (2,)
+    assert mean_metrics(rows)["lpips"] == pytest.approx(rows[1]["lpips"] / 2)
+
+
+def test_compute_metrics_clip_terms_match_the_loss_module(tmp_path: Path) -> None:
+    from dclip_cli.losses.clip import directional_similarity, load_clip, text_similarity
+    from tests.support.tiny_clip import save_tiny_clip
+
+    clip = load_clip(save_tiny_clip(tmp_path / "c.pt"), device="cpu")
+    x_src = -torch.ones(1, 3, 32, 32)
+    x_edit = torch.linspace(-1, 1, 32).expand(2, 3, 32, 32).clone()
+    rows = compute_metrics(
+        MetricModels(clip=clip), x_src=x_src, x_edit=x_edit, src_text="face", trg_text="old face"
+    )
+    want_dir = directional_similarity(clip, x_src.expand(2, -1, -1, -1), x_edit, "face", "old face")
+    want_trg = text_similarity(clip, x_edit, "old face")
+    assert [r["clip_directional"] for r in rows] == pytest.approx(want_dir.tolist())
+    assert [r["clip_target"] for r in rows] == pytest.approx(want_trg.tolist())
+    only_target = compute_metrics(
+        MetricModels(clip=clip), x_src=x_src, x_edit=x_edit[:1], trg_text="old face"
+    )
+    assert set(only_target[0]) == {"clip_target"}
+
+
+def test_parse_metrics() -> None:
+    assert parse_metrics("all") == ("clip", "lpips", "identity", "psnr")
+    assert parse_metrics("none") == ()
+    assert parse_metrics("psnr, clip,psnr") == ("psnr", "clip")
+    with pytest.raises(ConfigError, match='--metrics item 2 "fid" is not a metric'):
+        parse_metrics("clip,fid")
+
+
+class _Recorder(Reporter):
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def test_missing_metric_networks_are_skipped_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DCLIP_OFFLINE", "1")  # LPIPS trunk and CLIP are not cached and may not be downloaded
+    rec = _Recorder()
+    session = Session(device="cpu", reporter=rec)
+    models = session.metric_models(None, ["clip", "lpips", "psnr"])
+    assert models.clip is None and models.lpips is None
+    assert any(w.startswith("CLIP metrics skipped:") for w in rec.warnings)
+    assert any(w.startswith("LPIPS skipped:") and "DCLIP_OFFLINE" in w for w in rec.warnings)
+
+
+# --- the edit library -------------------------------------------------------------------------------------------
+
+
+def test_find_library_match(tmp_path: Path) -> None:
+    from dclip_cli.artifacts import save_artifact
+    from dclip_cli.checkpoints import cache
+    from tests.support.editing import make_tiny32, tiny_preset
+
+    preset = tiny_preset("tinyface", "a face")
+    model = make_tiny32(0)
+
+    def save(name: str, **meta) -> Path:
+        base = {"src_text": "face", "trg_text": "smiling face", "t0": 200, "base_sha256": "a" * 64}
+        return save_artifact(
+            cache.library_dir() / "tinyface" / f"{name}.safetensors", model, {**base, **meta}
+        )
+
+    assert find_library_match(preset, "face", "smiling face", base_sha256="a" * 64, t0=200) is None
+    save("other_t0", t0=300)
+    save("other_text", trg_text="angry face")
+    save("other_base", base_sha256="b" * 64)
+    good = save("smiling")
+    save_artifact(cache.library_dir() / "tinychurch" / "smiling.safetensors", model,
+                  {"src_text": "face", "trg_text": "smiling face", "t0": 200})  # fmt: skip
+    assert find_library_match(preset, "face", "smiling face", base_sha256="a" * 64, t0=200) == good
+    assert (
+        find_library_match(preset, "face", "smiling face", base_sha256="a" * 64, t0=300).name
+        == "other_t0.safetensors"
+    )
+    assert find_library_match(preset, "face", "smiling face", base_sha256="c" * 64, t0=200) is None
+    # without a recorded base hash, the base checkpoint's name decides
+    named = save("named", base_sha256=None, base_checkpoint="tiny_base", trg_text="pixar face")
+    assert find_library_match(preset, "face", "pixar face", base_sha256="c" * 64, t0=200) == named

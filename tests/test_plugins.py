@@ -27,7 +27,12 @@ def test_builtin_presets_are_entry_point_plugins() -> None:
     registry = manager.load_registry()
     assert sorted(registry.presets) == ["bedroom", "church", "dog", "face"]
     by_name = {p.name: p for p in registry.plugins}
-    assert {by_name[n].module for n in by_name} == {"dclip_face", "dclip_dog", "dclip_church", "dclip_bedroom"}
+    assert {by_name[n].module for n in by_name} == {
+        "dclip_face",
+        "dclip_dog",
+        "dclip_church",
+        "dclip_bedroom",
+    }
     assert all(p.distribution == "dclip" and p.error is None for p in registry.plugins)
     assert "register_aligners" in by_name["face"].hooks
     assert registry.warnings == []
@@ -41,7 +46,9 @@ def test_builtin_presets_hold_the_54_edits() -> None:
     assert face.edit("grey_hair").trg == "person with grey hair"  # FIX 4
     assert face.edit("pixar").t0 == 601 and face.edit("pixar").checkpoint == "face/pixar"
     assert registry.checkpoints["face/pixar"].base == "celeba_hq"
-    assert registry.presets["dog"].arch == "adm" and registry.presets["dog"].arch_config["learn_sigma"] is True
+    assert (
+        registry.presets["dog"].arch == "adm" and registry.presets["dog"].arch_config["learn_sigma"] is True
+    )
     assert registry.aligners["mtcnn-ffhq"].name == "mtcnn-ffhq"
     assert registry.identity_models["facenet-vggface2"].checkpoint == "facenet-vggface2"
     # every official fine-tuned checkpoint named by an edit is registered
@@ -52,7 +59,9 @@ def test_builtin_presets_hold_the_54_edits() -> None:
 
 
 def test_third_party_preset_discovered_through_real_entry_point(site: Path, monkeypatch) -> None:
-    write_distribution(site, "dclip-cats", "dclip_test_cats", PRESET_SOURCE.format(name="cat"), entry_name="cats")
+    write_distribution(
+        site, "dclip-cats", "dclip_test_cats", PRESET_SOURCE.format(name="cat"), entry_name="cats"
+    )
     monkeypatch.setenv("DCLIP_LOAD_PLUGINS", "face,cats")
     registry = manager.load_registry()
     assert sorted(registry.presets) == ["cat", "face"]

@@ -237,7 +237,9 @@ def _use_cached(spec: CheckpointSpec, dest: Path) -> Path:
             hint=f"Run 'dclip models rm {spec.name}' and 'dclip models fetch {spec.name}' to download it again.",
         )
     pinned = spec.sha256 is not None or spec.md5 is not None
-    meta = cache.FileMeta(sha256, size, spec.name, spec.format, "found", None, pinned, md5 if pinned else None)
+    meta = cache.FileMeta(
+        sha256, size, spec.name, spec.format, "found", None, pinned, md5 if pinned else None
+    )
     with contextlib.suppress(OSError):  # a read-only shared cache is still usable
         cache.write_meta(dest, meta)
     return dest

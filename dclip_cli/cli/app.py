@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -42,6 +42,7 @@ class DclipGroup(TyperGroup):
 
             ctx.exit(report(exc))
 
+
 #: command modules under ``dclip_cli.cli``; each defines ``register(app)``. Listed only when they work.
 COMMANDS: tuple[str, ...] = (
     "presets",
@@ -50,6 +51,9 @@ COMMANDS: tuple[str, ...] = (
     "invert",
     "finetune",
     "edit",
+    "mix",
+    "translate",
+    "score",
 )
 
 app = typer.Typer(
@@ -82,7 +86,7 @@ def root(
         ),
     ] = "auto",
     cache_dir: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--cache-dir",
             file_okay=False,
@@ -93,7 +97,9 @@ def root(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Show only warnings and errors.")] = False,
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show the version and exit."),
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Edit real images with text using DiffusionCLIP."""

@@ -48,6 +48,9 @@ Examples:
 
 _PHASE_LABELS = {
     "fine-tuning": "Fine-tuning",
+    "fine-tuning: load": "Loading training images",
+    "fine-tuning: sample": "Drawing samples",
+    "fine-tuning: invert": "Inverting training images",
     "inversion": "Inverting",
     "reconstruction": "Reconstructing",
     "generation": "Generating",

@@ -243,4 +243,3 @@ def reset_registry() -> None:
     """Forget the loaded registry; the next :func:`get_registry` loads again."""
     global _REGISTRY
     _REGISTRY = None
-

@@ -119,8 +119,11 @@ class Preset:
             problems.append(f"image_size {self.image_size} must be between 32 and 2048")
         if not 1 <= self.t0 <= 999:
             problems.append(f"t0 {self.t0} must be between 1 and 999")
-        for label, n in (("n_inv_steps", self.n_inv_steps), ("n_gen_steps", self.n_gen_steps),
-                         ("n_train_steps", self.n_train_steps)):
+        for label, n in (
+            ("n_inv_steps", self.n_inv_steps),
+            ("n_gen_steps", self.n_gen_steps),
+            ("n_train_steps", self.n_train_steps),
+        ):
             if n < 2:
                 problems.append(f"{label} {n} must be at least 2")
         if self.finetune_mode not in ("original", "efficient"):

@@ -8,7 +8,13 @@ from pathlib import Path
 
 
 def write_distribution(
-    root: Path, dist_name: str, module: str, source: str, *, entry_name: str | None = None, version: str = "0.1.0"
+    root: Path,
+    dist_name: str,
+    module: str,
+    source: str,
+    *,
+    entry_name: str | None = None,
+    version: str = "0.1.0",
 ) -> Path:
     """Write ``module`` with ``source`` and a dist-info declaring it in ``dclip.presets``; return ``root``."""
     root.mkdir(parents=True, exist_ok=True)
@@ -21,7 +27,7 @@ def write_distribution(
     return root
 
 
-PRESET_SOURCE = '''
+PRESET_SOURCE = """
 from dclip_cli.checkpoints.registry import CheckpointSpec
 from dclip_cli.presets.hookspecs import hookimpl
 from dclip_cli.presets.preset import Edit, Preset
@@ -47,4 +53,4 @@ def register_presets(register):
 @hookimpl
 def register_checkpoints(register):
     register(CheckpointSpec(name="{name}_base", filename="{name}.ckpt", urls=("http://127.0.0.1:9/x.ckpt",)))
-'''
+"""
