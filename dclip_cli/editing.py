@@ -748,14 +748,15 @@ class Session:
 
     def lpips(self) -> Any:
         if self._lpips is None:
-            from dclip_cli.losses.lpips import LPIPSLoss
-
-            self._lpips = LPIPSLoss().to(self.device)
-            from dclip_cli.losses.lpips import trunk_weights_path
+            from dclip_cli.losses.lpips import LPIPSLoss, trunk_weights_path
             from dclip_cli.manifest import model_record
 
-            trunk = trunk_weights_path(self._lpips.net_name)
-            self.extra_models.append(model_record("lpips", f"lpips-{self._lpips.net_name}", path=trunk))
+            # torchvision's own cached copy if there is one, else dclip's store (progress, offline, mirrors)
+            trunk = trunk_weights_path("alex")
+            if not trunk.is_file():
+                trunk = self.fetch("lpips-alex")
+            self._lpips = LPIPSLoss("alex", trunk_path=trunk).to(self.device)
+            self.extra_models.append(model_record("lpips", "lpips-alex", path=trunk))
         return self._lpips
 
     def identity(self, preset: Preset) -> Any | None:

@@ -204,14 +204,49 @@ def test_lpips_with_random_trunk_is_a_frozen_distance() -> None:
         LPIPSLoss("resnet", pnet_rand=True)
 
 
-def test_lpips_trunk_offline_without_cache_says_where_to_put_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lpips_trunk_offline_without_cache_names_the_fetch_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DCLIP_OFFLINE", "1")
     path = trunk_weights_path("alex")
     assert not path.exists() and path.name == "alexnet-owt-7be5be79.pth"
     with pytest.raises(CheckpointNotCachedError) as info:
         LPIPSLoss("alex")
-    assert str(path) in str(info.value) and "DCLIP_OFFLINE" in str(info.value)
-    assert trunk_weights_url("alex") in (info.value.hint or "")
+    text = str(info.value) + " " + (info.value.hint or "")
+    assert "alexnet-owt-7be5be79.pth" in text and "dclip models fetch lpips-alex" in text
+
+
+def _alexnet_features(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    shapes = {
+        0: (64, 3, 11, 11),
+        3: (192, 64, 5, 5),
+        6: (384, 192, 3, 3),
+        8: (256, 384, 3, 3),
+        10: (256, 256, 3, 3),
+    }
+    state = {}
+    for i, shape in shapes.items():
+        state[f"features.{i}.weight"] = torch.randn(shape, generator=g) * 0.05
+        state[f"features.{i}.bias"] = torch.randn(shape[0], generator=g) * 0.05
+    return state
+
+
+def test_lpips_trunk_comes_through_the_checkpoint_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without torch hub's copy, the trunk is fetched by dclip's store (here from a DCLIP_MIRROR folder) into the
+    dclip cache, not printed about on stdout by torch hub."""
+    from dclip_cli.checkpoints.cache import checkpoint_path
+    from dclip_cli.checkpoints.store import get_spec
+
+    state = _alexnet_features(3)
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    torch.save(state, mirror / "alexnet-owt-7be5be79.pth")
+    monkeypatch.setenv("DCLIP_MIRROR", str(mirror))
+    loss = LPIPSLoss("alex")
+    assert torch.equal(loss.lpips.net.slice1[0].weight, state["features.0.weight"])
+    assert checkpoint_path(get_spec("lpips-alex")).is_file()
+    assert not trunk_weights_path("alex").exists()
 
 
 def test_lpips_trunk_loads_from_torch_hub_cache() -> None:

@@ -1,4 +1,4 @@
-"""The core's own checkpoint specs: files every domain uses (CLIP, the identity network).
+"""The core's own checkpoint specs: files every domain uses (CLIP, the identity network, the LPIPS trunks).
 
 Diffusion checkpoints and fine-tuned models are domain knowledge: preset plugins register them through the
 ``register_checkpoints`` hook. Sources are in ``diffusionclip-reference.md`` sections 9.1, 10.2 and 15.3.
@@ -64,7 +64,29 @@ FACENET_VGGFACE2 = CheckpointSpec(
     aliases=("vggface2",),
 )
 
+_TORCHVISION = "https://download.pytorch.org/models"
+
+
+def _lpips_trunk(net: str, filename: str, what: str) -> CheckpointSpec:
+    return CheckpointSpec(
+        name=f"lpips-{net}",
+        filename=filename,
+        urls=(f"{_TORCHVISION}/{filename}",),
+        format="torchvision",
+        description=f"torchvision ImageNet {what} weights, the trunk of the LPIPS metric and loss",
+        license_note=(
+            "torchvision model zoo (BSD-3-Clause code; ImageNet-trained weights). The hash prefix in the file "
+            "name is all torchvision publishes, so dclip records the SHA-256 of the first download."
+        ),
+    )
+
+
+LPIPS_ALEX = _lpips_trunk("alex", "alexnet-owt-7be5be79.pth", "AlexNet")
+LPIPS_VGG = _lpips_trunk("vgg", "vgg16-397923af.pth", "VGG16")
+LPIPS_SQUEEZE = _lpips_trunk("squeeze", "squeezenet1_1-b8a52dc0.pth", "SqueezeNet 1.1")
+
 #: Specs the core always provides, by name.
 CORE_SPECS: dict[str, CheckpointSpec] = {
-    spec.name: spec for spec in (CLIP_VIT_B_16, CLIP_VIT_B_32, FACENET_VGGFACE2)
+    spec.name: spec
+    for spec in (CLIP_VIT_B_16, CLIP_VIT_B_32, FACENET_VGGFACE2, LPIPS_ALEX, LPIPS_VGG, LPIPS_SQUEEZE)
 }

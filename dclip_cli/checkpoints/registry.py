@@ -19,11 +19,14 @@ CheckpointFormat = Literal[
     "diffusers-ddpm",  # diffusers UNet2DModel folder/file (diffusion_pytorch_model.safetensors / .bin)
     "openai-clip",  # OpenAI CLIP TorchScript archive (.pt) or plain state dict
     "facenet",  # facenet-pytorch InceptionResnetV1 state dict
+    "torchvision",  # torchvision ImageNet classifier weights (the LPIPS trunks)
     "finetuned",  # official DiffusionCLIP fine-tuned .pth (base architecture state dict)
     "dclip",  # dclip fine-tuned .safetensors with metadata
 ]
 
-FORMATS: tuple[str, ...] = ("ddpm", "adm", "diffusers-ddpm", "openai-clip", "facenet", "finetuned", "dclip")
+FORMATS: tuple[str, ...] = (
+    "ddpm", "adm", "diffusers-ddpm", "openai-clip", "facenet", "torchvision", "finetuned", "dclip",
+)  # fmt: skip
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")

@@ -337,6 +337,7 @@ _MARKERS: dict[str, tuple[str, ...]] = {
     "diffusers-ddpm": ("time_embedding.linear_1.weight", "conv_in.weight"),
     "openai-clip": ("visual.conv1.weight", "positional_embedding"),
     "facenet": ("conv2d_1a.conv.weight", "last_linear.weight"),
+    "torchvision": ("features.0.weight",),
 }
 
 

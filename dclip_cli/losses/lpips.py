@@ -5,9 +5,9 @@ LPIPS has two parts:
 * the linear calibration layers, shipped inside the ``lpips`` package (``lpips/weights/v0.1/<net>.pth``), always
   available offline;
 * the ImageNet trunk (AlexNet by default, or VGG16 / SqueezeNet 1.1), which ``lpips`` would fetch through
-  torchvision on first use. dclip loads it itself: from torch hub's cache (``$TORCH_HOME/hub/checkpoints``,
-  default ``~/.cache/torch/hub/checkpoints``), downloading it there when missing and ``DCLIP_OFFLINE`` is not set.
-  The file name carries a hash prefix that torch hub checks.
+  torchvision on first use. dclip loads it itself: from torch hub's cache (``$TORCH_HOME/hub/checkpoints``) when
+  torchvision already downloaded it there, else through dclip's checkpoint store (registry names ``lpips-alex``,
+  ``lpips-vgg``, ``lpips-squeeze``), which honours ``DCLIP_OFFLINE``, ``DCLIP_MIRROR`` and the cache directory.
 
 Inputs are images in [-1, 1], as everywhere in dclip. The module is frozen and stays in eval mode.
 """
@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dclip_cli.errors import CheckpointError, CheckpointNotCachedError, ConfigError, DownloadError
+from dclip_cli.errors import CheckpointError, ConfigError
 
 __all__ = ["LPIPS_NETS", "LPIPSLoss", "trunk_weights_path", "trunk_weights_url"]
 
@@ -56,37 +56,24 @@ def trunk_weights_path(net: str = "alex") -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(trunk_weights_url(net))
 
 
-def _load_trunk_state_dict(net: str, offline: bool | None) -> dict[str, Tensor]:
-    url = trunk_weights_url(net)
-    path = trunk_weights_path(net)
+def _load_trunk_state_dict(
+    net: str, offline: bool | None, on_progress: Any = None, path: Path | None = None
+) -> tuple[dict[str, Tensor], Path]:
+    """The trunk's ImageNet weights: from torch hub's cache when torchvision already put them there, else from
+    dclip's checkpoint store (``lpips-<net>``: locked, resumable, verified download; offline-aware)."""
+    path = path or trunk_weights_path(net)
     if not path.is_file():
-        if offline is None:
-            from dclip_cli.checkpoints.download import is_offline
+        from dclip_cli.checkpoints.download import fetch
 
-            offline = is_offline()
-        if offline:
-            raise CheckpointNotCachedError(
-                f"LPIPS needs torchvision's ImageNet {net} weights, which are not in torch hub's cache "
-                f"({str(path)!r}), and DCLIP_OFFLINE is set.",
-                hint=f"Download {url} to that path on a machine with network access, or set the LPIPS weight to 0.",
-            )
-        try:
-            torch.hub.load_state_dict_from_url(
-                url, model_dir=str(path.parent), progress=False, check_hash=True, weights_only=True
-            )
-        except (OSError, RuntimeError) as exc:
-            raise DownloadError(
-                f"Downloading torchvision's ImageNet {net} weights for LPIPS from {url} failed ({exc}).",
-                hint=f"Check the network connection, or place the file at {str(path)!r} by hand.",
-            ) from exc
+        path = fetch(f"lpips-{net}", on_progress=on_progress, offline=offline)
     try:
         state: Any = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
         raise CheckpointError(
             f"The LPIPS trunk weights {str(path)!r} could not be read ({exc}).",
-            hint="Delete the file; it is downloaded again on the next run.",
+            hint=f"Delete the file (dclip models rm lpips-{net}); it is downloaded again on the next run.",
         ) from exc
-    return dict(state)
+    return dict(state), path
 
 
 class LPIPSLoss(nn.Module):
@@ -97,6 +84,8 @@ class LPIPSLoss(nn.Module):
         pretrained: load the calibrated linear layers shipped with the ``lpips`` package (else random).
         pnet_rand: leave the trunk randomly initialised instead of loading its ImageNet weights (tests only).
         offline: forbid downloading the trunk weights; default from ``DCLIP_OFFLINE``.
+        on_progress: ``on_progress(done_bytes, total_or_None)`` while the trunk weights download.
+        trunk_path: a local file with the trunk's torchvision weights (skips the lookup and download).
 
     Raises:
         CheckpointNotCachedError: the trunk weights are not cached and downloads are forbidden.
@@ -110,6 +99,8 @@ class LPIPSLoss(nn.Module):
         *,
         pnet_rand: bool = False,
         offline: bool | None = None,
+        on_progress: Any = None,
+        trunk_path: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         import lpips
@@ -120,13 +111,13 @@ class LPIPSLoss(nn.Module):
             warnings.simplefilter("ignore", UserWarning)
             self.lpips = lpips.LPIPS(net=self.net_name, pretrained=pretrained, pnet_rand=True, verbose=False)
         if not pnet_rand:
-            self._load_trunk(offline)
+            self._load_trunk(offline, on_progress, Path(trunk_path) if trunk_path else None)
         self.lpips.requires_grad_(False)
         self.lpips.eval()
 
-    def _load_trunk(self, offline: bool | None) -> None:
-        state = _load_trunk_state_dict(self.net_name, offline)
-        path = trunk_weights_path(self.net_name)
+    def _load_trunk(self, offline: bool | None, on_progress: Any, path: Path | None) -> None:
+        state, path = _load_trunk_state_dict(self.net_name, offline, on_progress, path)
+        self.trunk_path = path
         # lpips slices torchvision's ``features`` into ``slice1..sliceN`` whose children keep their index in
         # ``features``: ``features.<i>.<rest>`` of the torchvision file goes to that child (the classifier is unused).
         layers = {
