@@ -155,7 +155,7 @@ class Preset:
         except KeyError:
             raise UnknownEditError(
                 f"Preset {self.name!r} has no edit named {key!r}.",
-                hint=f"Valid edits: {', '.join(sorted(self.edits)) or '(none)'}; or pass free text with --to.",
+                hint=f"Valid edits: {', '.join(sorted(self.edits)) or '(none)'}; free text works too (--to in dclip edit, --text in dclip finetune).",
             ) from None
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,9 +21,10 @@ import torch
 from PIL import Image
 
 from dclip_cli.checkpoints.registry import CheckpointSpec
-from dclip_cli.models import DiffusionModel, build_model
+from dclip_cli.models import DiffusionModel
 from dclip_cli.presets.hookspecs import hookimpl
 from dclip_cli.presets.preset import Edit, Preset
+from tests.support.tiny import make_tiny_model
 
 TINY32_CONFIG: dict[str, Any] = {
     "resolution": 32,
@@ -40,14 +41,8 @@ PLUGIN_NAME = "tiny-editing"
 
 
 def make_tiny32(seed: int = 0) -> DiffusionModel:
-    """The tiny DDPM at 32x32 with every weight drawn from a seeded generator (norm scales near 1)."""
-    model = build_model("ddpm", TINY32_CONFIG)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.unet.named_parameters():
-            noise = torch.randn(p.shape, generator=gen) * 0.05
-            p.copy_(1.0 + noise if ("norm" in name and name.endswith("weight")) else noise)
-    return model.eval()
+    """The tiny DDPM at 32x32 without attention, seeded as in :func:`tests.support.tiny.make_tiny_model`."""
+    return make_tiny_model("ddpm", seed, config=TINY32_CONFIG)
 
 
 @functools.cache

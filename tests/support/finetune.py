@@ -18,26 +18,20 @@ from typing import Any
 import torch
 
 from dclip_cli.checkpoints.registry import CheckpointSpec
-from dclip_cli.models import DiffusionModel, build_model
+from dclip_cli.models import DiffusionModel
 from dclip_cli.presets.hookspecs import hookimpl
 from dclip_cli.presets.manager import register_plugin, unregister_plugin
 from dclip_cli.presets.preset import Edit, IdentityModel, Preset
 from tests.support.http_server import FileServer
-from tests.support.tiny import tiny_ddpm_config
+from tests.support.tiny import make_tiny_model, tiny_ddpm_config
 from tests.support.tiny_clip import save_tiny_clip
 
 TINY32_CONFIG: dict[str, Any] = {**tiny_ddpm_config(), "resolution": 32, "attn_resolutions": [16]}
 
 
 def make_tiny32(seed: int = 0) -> DiffusionModel:
-    """The tiny DDPM at 32x32 with seeded N(0, 0.05²) weights (GroupNorm scales near 1), in eval mode."""
-    model = build_model("ddpm", TINY32_CONFIG)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.unet.named_parameters():
-            noise = torch.randn(p.shape, generator=gen) * 0.05
-            p.copy_(1.0 + noise if ("norm" in name and name.endswith("weight")) else noise)
-    return model.eval()
+    """The tiny DDPM at 32x32 (attention at 16x16), seeded as in :func:`tests.support.tiny.make_tiny_model`."""
+    return make_tiny_model("ddpm", seed, config=TINY32_CONFIG)
 
 
 class TinyFaceNet(torch.nn.Module):

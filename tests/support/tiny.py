@@ -74,13 +74,15 @@ def tiny_config(arch: str) -> dict[str, Any]:
     return tiny_ddpm_config() if arch == "ddpm" else tiny_adm_config()
 
 
-def make_tiny_model(arch: str = "ddpm", seed: int = 0) -> DiffusionModel:
+def make_tiny_model(
+    arch: str = "ddpm", seed: int = 0, config: dict[str, Any] | None = None
+) -> DiffusionModel:
     """Build the tiny model of ``arch`` with weights drawn from ``torch.Generator().manual_seed(seed)``.
 
     Every tensor (zero-initialised ones included) gets N(0, 0.05²) weights; GroupNorm scales are near 1.
-    Returned in eval mode on the CPU.
+    Returned in eval mode on the CPU. ``config`` replaces the tiny configuration (e.g. a 32x32 variant).
     """
-    model = build_model(arch, tiny_config(arch))
+    model = build_model(arch, config if config is not None else tiny_config(arch))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.unet.named_parameters():
