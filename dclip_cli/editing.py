@@ -647,6 +647,8 @@ class Session:
         device: ``auto``, ``cpu``, ``cuda``, ... (see :func:`dclip_cli.device.resolve_device`).
         clip_model: CLIP name or file for detection, fine-tuning and metrics.
         reporter: where messages and progress go.
+        require_face: with a face-aligning preset, treat an input without a detectable face as unreadable
+            (reported and skipped) instead of centre-cropping it with a warning.
     """
 
     def __init__(
@@ -655,12 +657,14 @@ class Session:
         device: str | None = "auto",
         clip_model: str = DEFAULT_CLIP_MODEL,
         reporter: Reporter | None = None,
+        require_face: bool = False,
     ) -> None:
         from dclip_cli.device import resolve_device
         from dclip_cli.presets.manager import get_registry
 
         self.device = resolve_device(device)
         self.clip_model = clip_model
+        self.require_face = require_face
         self.reporter: Reporter = reporter or NullReporter()
         self.registry = get_registry()
         self._clip: Any = None
@@ -824,7 +828,9 @@ class Session:
         failed: list[tuple[Path, str]] = []
         for path in paths:
             try:
-                x0, info = images.load_and_prepare(path, size, aligner=aligner)
+                x0, info = images.load_and_prepare(
+                    path, size, aligner=aligner, require_face=self.require_face and not quiet
+                )
             except ImageError as exc:
                 failed.append((path, exc.message))
                 continue
@@ -1490,6 +1496,7 @@ def edit_images(
     clip_model: str = DEFAULT_CLIP_MODEL,
     reporter: Reporter | None = None,
     session: Session | None = None,
+    require_face: bool = False,
 ) -> RunReport:
     """Edit images with text: invert with the base model, generate with the edit model (reference 11.1).
 
@@ -1519,6 +1526,8 @@ def edit_images(
         clip_model: CLIP name or file.
         reporter: receives messages and progress.
         session: reuse a :class:`Session` (its device, CLIP and reporter win).
+        require_face: skip (and report) inputs in which the preset's face aligner finds no face, instead of
+            centre-cropping them.
 
     Returns:
         A :class:`RunReport`; ``report.failed`` lists unreadable inputs (the others were edited).
@@ -1544,7 +1553,9 @@ def edit_images(
         )
     _check_batch_size(batch_size)
     metrics = tuple(metrics)
-    session = session or Session(device=device, clip_model=clip_model, reporter=reporter)
+    session = session or Session(
+        device=device, clip_model=clip_model, reporter=reporter, require_face=require_face
+    )
     reporter = session.reporter
     started = time.perf_counter()
 
@@ -1787,6 +1798,7 @@ def mix_images(
     clip_model: str = DEFAULT_CLIP_MODEL,
     reporter: Reporter | None = None,
     session: Session | None = None,
+    require_face: bool = False,
 ) -> RunReport:
     """Multi-attribute editing by noise combination (reference section 7.2, dclip's fixed version).
 
@@ -1824,7 +1836,9 @@ def mix_images(
             )
     _check_batch_size(batch_size)
     metrics = tuple(metrics)
-    session = session or Session(device=device, clip_model=clip_model, reporter=reporter)
+    session = session or Session(
+        device=device, clip_model=clip_model, reporter=reporter, require_face=require_face
+    )
     reporter = session.reporter
     started = time.perf_counter()
 

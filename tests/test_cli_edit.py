@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from dclip_cli.cli.app import app
 from dclip_cli.fileio import sha256_file
+from dclip_cli.presets.hookspecs import hookimpl
 from tests.support.editing import checkpoint_bytes, make_tiny32, setup_world, write_image
 from tests.support.http_server import FileServer
 from tests.support.tiny_clip import save_tiny_clip
@@ -311,3 +312,50 @@ def test_score_any_pair(world) -> None:
     assert table.exit_code == 0
     assert "directional" in table.stdout and "PSNR" in table.stdout
     assert world.server.count("/tiny_base.ckpt") == 0  # scoring needs no diffusion model
+
+
+class _FaceAligner:
+    """A test plugin whose aligner "finds a face" only in images whose top-left pixel is white."""
+
+    @hookimpl
+    def register_aligners(self, register) -> None:
+        from dclip_cli.presets.preset import Aligner
+
+        def align(img, size):
+            if img.getpixel((0, 0)) != (255, 255, 255):
+                return None
+            return img.resize((size, size))
+
+        register(Aligner(name="test-faces", align=align))
+
+
+@pytest.mark.parametrize("require_face", [False, True])
+def test_require_face(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clip_file: Path, require_face: bool
+) -> None:
+    """No face found: a warning and a centre crop, or with --require-face that image is reported and skipped
+    (the others complete and the exit code says something failed)."""
+    from dclip_cli.presets import manager
+    from tests.support.editing import tiny_preset
+
+    with FileServer() as server:
+        preset = tiny_preset("tinyface", "a photo of a face", preprocess="align", aligner="test-faces")
+        world = setup_world(tmp_path, server, monkeypatch, clip_file, presets=[preset])
+        manager.register_plugin("test-faces", _FaceAligner())
+        face = write_image(tmp_path / "in" / "face.png", seed=3)
+        img = Image.open(face)
+        img.putpixel((0, 0), (255, 255, 255))
+        img.save(face)
+        args = ["--to", "pixar", "--domain", "tinyface", "-o", str(tmp_path / "out"), *world.cli_args()]
+        if require_face:
+            args.append("--require-face")
+        result = CliRunner().invoke(app, ["edit", str(world.image), str(face), *args])
+    out = tmp_path / "out"
+    if require_face:
+        assert result.exit_code == 1, result.output
+        assert "photo.png" in result.stderr and "no face" in result.stderr.lower()
+        assert sorted(p.name for p in out.glob("*.png")) == ["face.pixar.png"]
+    else:
+        assert result.exit_code == 0, result.output
+        assert "no face" in result.stderr.lower()
+        assert sorted(p.name for p in out.glob("*.png")) == ["face.pixar.png", "photo.pixar.png"]

@@ -23,6 +23,7 @@ from dclip_cli.cli.options import (
     OutputOpt,
     OverwriteOpt,
     QuietOpt,
+    RequireFaceOpt,
     SeedOpt,
     SrcOpt,
     StepsOpt,
@@ -232,6 +233,7 @@ def edit_command(
     finetune_samples: FinetuneSamplesOpt = 8,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    require_face: RequireFaceOpt = False,
 ) -> None:
     """Edit images with text: a named edit (--to smiling) or free text (--to "face with curly hair")."""
     from dclip_cli import api
@@ -268,6 +270,7 @@ def edit_command(
             device=state.device,
             clip_model=clip_model,
             reporter=reporter,
+            require_face=require_face,
         )
     render_report(report, as_json=as_json, title=f"dclip edit: {to}")
 

@@ -14,6 +14,7 @@ from dclip_cli.cli.options import (
     JsonOpt,
     OutputOpt,
     OverwriteOpt,
+    RequireFaceOpt,
     T0Opt,
 )
 
@@ -80,9 +81,7 @@ def invert_command(
     steps: InvertStepsOpt = None,
     output: OutputOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images inverted together.")] = 1,
-    require_face: Annotated[
-        bool, typer.Option("--require-face", help="Fail when the face aligner finds no face (face preset).")
-    ] = False,
+    require_face: RequireFaceOpt = False,
     json_output: JsonOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:

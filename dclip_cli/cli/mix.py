@@ -21,6 +21,7 @@ from dclip_cli.cli.options import (
     OutputOpt,
     OverwriteOpt,
     QuietOpt,
+    RequireFaceOpt,
     SeedOpt,
     SrcOpt,
     StepsOpt,
@@ -88,6 +89,7 @@ def mix_command(
     finetune_samples: FinetuneSamplesOpt = 8,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    require_face: RequireFaceOpt = False,
 ) -> None:
     """Combine several edits in one image by mixing their models' noise along a timestep schedule."""
     from dclip_cli import api
@@ -134,6 +136,7 @@ def mix_command(
             device=state.device,
             clip_model=clip_model,
             reporter=reporter,
+            require_face=require_face,
         )
     render_report(report, as_json=as_json, title=f"dclip mix: {' + '.join(names)}")
 

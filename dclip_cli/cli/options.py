@@ -96,3 +96,10 @@ FinetuneSamplesOpt = Annotated[
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="Print only the output paths, warnings and errors.")
 ]
+RequireFaceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--require-face",
+        help="With a face-aligning preset (face), fail on images where no face is found instead of centre-cropping.",
+    ),
+]
