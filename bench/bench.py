@@ -120,7 +120,7 @@ def make_model(arch: str, device: torch.device, checkpoint: str | None = None, s
         torch.manual_seed(seed)
         for module in model.modules():
             if module is not model and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+                module.reset_parameters()  # type: ignore[operator]
     return model.to(device).eval()
 
 
@@ -224,6 +224,7 @@ def bench_forward(args: argparse.Namespace, arch: str, base: nn.Module, fast: Ca
             "device_name": env["device_name"],
             "loadavg": loadavg(),
             "gflop_per_image": round(flops / 1e9, 1),
+            "cpu_allocator": args.cpu_allocator,
         }
         for name in fns:
             best = min(walls[name])
@@ -293,6 +294,7 @@ def bench_edit(args: argparse.Namespace, arch: str, base: nn.Module, fast: Calla
         "optimized_cpu_s": round(c_fast, 3),
         "speedup": round(w_base / w_fast, 3),
         "s_per_image_optimized": round(w_fast / args.edit_batch, 3),
+        "cpu_allocator": args.cpu_allocator,
         "memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_peak_rss",
         "fp32_eager_memory": mem(mem_base),
         "optimized_memory": mem(mem_fast),
@@ -326,7 +328,7 @@ class StandInDirectionalLoss(nn.Module):
         self.embed = nn.Conv2d(3, 512, 16, stride=16)
         with torch.no_grad():
             self.embed.weight.copy_(torch.randn(self.embed.weight.shape, generator=gen) * 0.02)
-            self.embed.bias.zero_()
+            nn.init.zeros_(self.embed.bias)  # type: ignore[arg-type]
         self.register_buffer("direction", torch.randn(1, 512, generator=gen))
         self.requires_grad_(False)
         self.to(device)
@@ -337,7 +339,8 @@ class StandInDirectionalLoss(nn.Module):
 
     def forward(self, x_src: torch.Tensor, src_text: str, x_gen: torch.Tensor, trg_text: str) -> torch.Tensor:
         delta = self.features(x_gen) - self.features(x_src).detach()
-        return (1.0 - F.cosine_similarity(delta, self.direction, dim=1)).mean()
+        direction: torch.Tensor = self.direction  # type: ignore[assignment]
+        return (1.0 - F.cosine_similarity(delta, direction, dim=1)).mean()
 
 
 def make_clip_loss(kind: str, device: torch.device) -> tuple[Callable, str]:
@@ -367,12 +370,14 @@ def finetune_child(params: dict[str, Any]) -> dict[str, Any]:
     if params.get("threads"):
         torch.set_num_threads(int(params["threads"]))
     arch, variant = params["arch"], params["variant"]
-    mode = "efficient" if variant.startswith("efficient") else "original"
+    mode: Any = "efficient" if variant.startswith("efficient") else "original"
     ckpt = "+ckpt" in variant
     model = make_model(arch, device, params.get("checkpoint"))
     prec = params["precision"]
     dtype = P.resolve_precision(prec, device, training=True)
-    runner: nn.Module = P.optimize_model(model, precision=dtype) if dtype is not None else model
+    runner: nn.Module = (
+        P.optimize_model(model, precision=dtype, training=True) if dtype is not None else model
+    )
     P.set_gradient_checkpointing(runner, ckpt)
     clip_loss, clip_desc = make_clip_loss(params["clip"], device)
     n_images = int(params["images"])
@@ -422,6 +427,7 @@ def finetune_child(params: dict[str, Any]) -> dict[str, Any]:
         "start_bytes": start_bytes,
         "clip_loss": clip_desc,
         "loop": "dclip_cli.finetune.finetune",
+        "cpu_allocator": params.get("cpu_allocator", "default"),
         "weights": "checkpoint" if params.get("checkpoint") else "random",
     }
 
@@ -442,12 +448,14 @@ def bench_finetune(args: argparse.Namespace, env: dict) -> list[dict]:
                     "t0": args.t0,
                     "ft_steps": args.ft_steps,
                     "checkpoint": getattr(args, f"checkpoint_{arch}"),
+                    "cpu_allocator": args.cpu_allocator,
                 }
                 log(
                     f"finetune {arch} {variant} {prec}: {args.ft_steps} steps, {args.ft_images} image(s), subprocess"
                 )
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--finetune-child", json.dumps(params)]
                 proc = subprocess.run(
-                    [sys.executable, str(Path(__file__).resolve()), "--finetune-child", json.dumps(params)],
+                    [*cmd, "--cpu-allocator", args.cpu_allocator],
                     capture_output=True,
                     text=True,
                 )
@@ -461,6 +469,36 @@ def bench_finetune(args: argparse.Namespace, env: dict) -> list[dict]:
                 rec["loadavg"] = loadavg()
                 emit(rec)
                 out.append(rec)
+    return out
+
+
+def forward_with_default_allocator(args: argparse.Namespace) -> list[dict]:
+    """The forward section again in a fresh process with glibc's default allocator (CPU)."""
+    archs = args.archs[:1] if args.quick else args.archs
+    batches = args.batches[:1] if args.quick else args.batches
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--sections", "forward", "--cpu-allocator", "default",
+           "--compare-allocator", "off", "--archs", ",".join(archs), "--batches", ",".join(map(str, batches)),
+           "--repeats", str(args.repeats), "--precision", args.precision, "--device", args.device]  # fmt: skip
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if args.no_channels_last:
+        cmd.append("--no-channels-last")
+    for arch in archs:
+        if getattr(args, f"checkpoint_{arch}"):
+            cmd += [f"--checkpoint-{arch}", getattr(args, f"checkpoint_{arch}")]
+    log(
+        f"forward {','.join(archs)} b{','.join(map(str, batches))} again with the default glibc allocator (subprocess)"
+    )
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    out = []
+    for line in proc.stdout.splitlines():
+        rec = json.loads(line)
+        if rec.get("record") == "forward":
+            rec["record"] = "forward_default_allocator"
+            emit(rec)
+            out.append(rec)
+    if proc.returncode != 0:
+        log(proc.stderr[-2000:])
     return out
 
 
@@ -491,6 +529,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ft-images", type=int, default=None, help="images per measurement (last one timed)")
     p.add_argument("--clip", choices=("standin", "vit-b-16"), default=None)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument(
+        "--cpu-allocator",
+        choices=("default", "tuned"),
+        default=None,
+        help="glibc allocator of this run, for every variant alike (CPU default: tuned, i.e. "
+        "precision.tune_cpu_allocator; see --compare-allocator)",
+    )
+    p.add_argument(
+        "--compare-allocator",
+        choices=("on", "off"),
+        default=None,
+        help="CPU: also time the forward in a fresh process with glibc's default allocator (default on)",
+    )
     p.add_argument("--checkpoint-ddpm", default=None, help="real DDPM weights instead of random ones")
     p.add_argument("--checkpoint-adm", default=None, help="real ADM weights instead of random ones")
     p.add_argument("--finetune-child", default=None, help=argparse.SUPPRESS)
@@ -511,11 +562,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.ft_steps = args.ft_steps or (2 if q and cpu else 6)
     args.ft_images = args.ft_images or (1 if q else 2)
     args.clip = args.clip or ("standin" if q and cpu else "vit-b-16")
+    args.cpu_allocator = args.cpu_allocator or ("tuned" if cpu else "default")
+    args.compare_allocator = (
+        (args.compare_allocator or "on") == "on" and cpu and args.cpu_allocator == "tuned"
+    )
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.cpu_allocator == "tuned":
+        P.tune_cpu_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.finetune_child:
@@ -536,12 +593,16 @@ def main(argv: list[str] | None = None) -> int:
         "precision": P.precision_name(dtype),
         "channels_last": not args.no_channels_last,
         "compile": args.compile,
+        "cpu_allocator": args.cpu_allocator,
         "quick": args.quick,
         "loadavg": loadavg(),
         "sections": args.sections,
     }
     if device.type == "cuda":
         env["peak_bf16_tflops"] = peak_bf16_tflops(name)
+        # the fp32 baseline's convolutions use TF32 tensor cores when this is on (PyTorch's default)
+        env["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        env["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
     emit(env)
     env = {**env, "device_obj": device, "dtype": dtype}
     t_start = time.perf_counter()
@@ -565,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    untuned: list[dict] = []
+    if args.compare_allocator and "forward" in args.sections:
+        untuned = forward_with_default_allocator(args)
     ft_recs = bench_finetune(args, env) if "finetune" in args.sections else []
 
     summary: dict[str, Any] = {"record": "summary", "device_name": name, "precision": env["precision"]}
@@ -577,6 +641,17 @@ def main(argv: list[str] | None = None) -> int:
         summary["forward_speedup_min"] = worst
         if device.type == "cpu":
             summary["cpu_goal_2x_met"] = worst >= 2.0
+    for r in untuned:
+        mine = next((f for f in forward_recs if (f["arch"], f["batch"]) == (r["arch"], r["batch"])), None)
+        if mine is not None:
+            ratio = r["fp32_eager"]["s_per_call_min"] / mine["optimized"]["s_per_call_min"]
+            summary[f"forward_speedup_vs_default_allocator_fp32_{r['arch']}_b{r['batch']}"] = round(ratio, 3)
+            summary[f"forward_allocator_effect_fp32_{r['arch']}_b{r['batch']}"] = round(
+                r["fp32_eager"]["s_per_call_min"] / mine["fp32_eager"]["s_per_call_min"], 3
+            )
+    cross = [v for k, v in summary.items() if k.startswith("forward_speedup_vs_default_allocator")]
+    if cross:
+        summary["cpu_goal_2x_met_vs_default_fp32_process"] = min(cross) >= 2.0
     for r in edit_recs:
         summary[f"edit_speedup_{r['arch']}"] = r["speedup"]
         summary[f"edit_psnr_same_latent_{r['arch']}_db"] = r["diff_same_latent"]["psnr_db"]

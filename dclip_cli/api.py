@@ -26,6 +26,7 @@ from dclip_cli.editing import edit_images, mix_images, score_images, translate_i
 from dclip_cli.finetune import FinetuneConfig, finetune, run_finetune
 from dclip_cli.images import image_grid, load_and_prepare, load_image, sample_image_path, save_image
 from dclip_cli.latents import invert_images
+from dclip_cli.precision import estimate_seconds, optimize_model, resolve_precision, tune_cpu_allocator
 from dclip_cli.presets.manager import get_registry
 
 __all__ = [
@@ -55,6 +56,10 @@ __all__ = [
     "model_path",
     "remove_checkpoint",
     "resolve_device",
+    "resolve_precision",
+    "optimize_model",
+    "estimate_seconds",
+    "tune_cpu_allocator",
     "sample_image_path",
     "save_image",
     "verify_cached",

@@ -26,6 +26,7 @@ The library never prints: the CLI decides what to show.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 import os
@@ -209,6 +210,10 @@ class OptimizedEpsModel(nn.Module):
             :func:`optimize_model`).
         compile: run the model through ``torch.compile`` (compiled lazily on the first call; a new input shape
             recompiles).
+        cache_weights: in calls without gradient, run a low-precision twin of the model whose convolution and
+            linear weights were cast once (autocast would cast them again at every call). The twin gives the
+            same results as autocast, costs half the model's memory, is rebuilt when the weights change (in-place
+            updates, ``load_state_dict``, ``.to()``), and is never used when gradients are enabled.
 
     Autocast follows the input's device type.
     """
@@ -220,6 +225,7 @@ class OptimizedEpsModel(nn.Module):
         dtype: torch.dtype | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        cache_weights: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(model, nn.Module):
@@ -229,7 +235,9 @@ class OptimizedEpsModel(nn.Module):
         self.autocast_dtype = None if dtype is torch.float32 else dtype
         self.channels_last = bool(channels_last)
         self.use_compile = bool(compile)
+        self.cache_weights = bool(cache_weights)
         self.__dict__["_compiled"] = None
+        self.__dict__["_twin"] = None
 
     # attribute passthrough -------------------------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -246,6 +254,7 @@ class OptimizedEpsModel(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_compiled"] = None  # compiled code is rebuilt on demand (deepcopy, pickling)
+        state["_twin"] = None
         return state
 
     @property
@@ -254,9 +263,31 @@ class OptimizedEpsModel(nn.Module):
         model = self._modules.get("model")
         return model if model is not None else self.__dict__["_fn"]  # type: ignore[return-value]
 
+    def _weights_key(self, model: nn.Module) -> tuple[Any, ...]:
+        # parameter identity (replaced by .to() or assignment), in-place version counter, dtype and device
+        return tuple((id(p), p._version, p.dtype, p.device) for p in model.parameters())
+
+    def _low_precision_twin(self) -> nn.Module | None:
+        model = self._modules.get("model")
+        if not self.cache_weights or self.autocast_dtype is None or model is None or torch.is_grad_enabled():
+            return None
+        key = self._weights_key(model)
+        cached = self.__dict__.get("_twin")
+        if cached is not None and cached[0] == key:
+            return cached[1]  # type: ignore[no-any-return]
+        self.__dict__["_twin"] = None  # free the stale twin before building a new one
+        twin = copy.deepcopy(model)
+        twin.requires_grad_(False)
+        for module in twin.modules():
+            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+                module.to(self.autocast_dtype)  # what autocast casts at every call; norms stay fp32
+        self.__dict__["_twin"] = (key, twin)
+        return twin
+
     def _callable(self) -> Callable[..., torch.Tensor]:
         if not self.use_compile:
-            return self.inner
+            twin = self._low_precision_twin()
+            return twin if twin is not None else self.inner
         compiled = self.__dict__.get("_compiled")
         if compiled is None:
             # kept out of _modules so that parameters and state_dict are not listed twice
@@ -285,7 +316,7 @@ class OptimizedEpsModel(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"precision={precision_name(self.autocast_dtype)}, channels_last={self.channels_last}, "
-            f"compile={self.use_compile}"
+            f"compile={self.use_compile}, cache_weights={self.cache_weights}"
         )
 
 
@@ -297,6 +328,7 @@ def optimize_model(
     channels_last: bool = True,
     compile: bool = False,
     training: bool = False,
+    cache_weights: bool | None = None,
 ) -> OptimizedEpsModel:
     """Wrap an eps-model for speed: autocast in the chosen precision, channels_last and optionally torch.compile.
 
@@ -318,6 +350,8 @@ def optimize_model(
         channels_last: use the channels_last memory format (faster convolutions on CPUs and GPUs).
         compile: also ``torch.compile`` the model (worth it for long GPU runs; compiling takes minutes on a CPU).
         training: the model will be fine-tuned (``auto`` then avoids fp16, see :func:`resolve_precision`).
+        cache_weights: keep low-precision weights across calls without gradient (see :class:`OptimizedEpsModel`);
+            default: on unless ``training``.
 
     Returns:
         An :class:`OptimizedEpsModel` (``eps_model(x, t) -> eps``, float32).
@@ -331,7 +365,11 @@ def optimize_model(
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     return OptimizedEpsModel(
-        model, dtype=dtype, channels_last=channels_last and isinstance(model, nn.Module), compile=compile
+        model,
+        dtype=dtype,
+        channels_last=channels_last and isinstance(model, nn.Module),
+        compile=compile,
+        cache_weights=(not training) if cache_weights is None else cache_weights,
     )
 
 
@@ -431,8 +469,9 @@ def time_forward(
     return best
 
 
-#: a training call (forward + backward) costs about this many forwards; checkpointing adds one more forward
-BACKWARD_FACTOR = 3.0
+#: a training call (forward, backward, its share of the optimizer step) costs about this many forwards (3.3-3.7
+#: measured on a CPU, docs/performance.md); checkpointing adds one more forward
+BACKWARD_FACTOR = 3.5
 
 
 def estimate_seconds(
@@ -575,6 +614,32 @@ def device_name(device: torch.device | str) -> str:
     return dev.type
 
 
+def tune_cpu_allocator() -> bool:
+    """Make glibc keep freed memory in the process instead of returning it to the OS (Linux only).
+
+    By default glibc serves each large tensor with its own ``mmap`` and unmaps it when freed, so every UNet call
+    and every backward pass page-faults its activations in again (zero-filled by the kernel). On CPU fine-tuning
+    this can cost more than the arithmetic. Raising the mmap and trim thresholds keeps the memory mapped and reuses
+    it; the process's resident memory then stays at its peak until it exits, which suits a one-job CLI process.
+    Call it once, early, before large allocations.
+
+    Returns:
+        Whether the setting was applied (``False`` on non-glibc systems).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    limit = ctypes.c_int(2**31 - 1)
+    return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
+
+
 __all__ = [
     "BACKWARD_FACTOR",
     "CHECKPOINTING_CHOICES",
@@ -599,5 +664,6 @@ __all__ = [
     "synchronize",
     "time_forward",
     "track_peak_memory",
+    "tune_cpu_allocator",
     "unwrap_model",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated
 
@@ -101,5 +102,49 @@ RequireFaceOpt = Annotated[
     typer.Option(
         "--require-face",
         help="With a face-aligning preset (face), fail on images where no face is found instead of centre-cropping.",
+    ),
+]
+
+
+class Precision(str, enum.Enum):
+    """Values of ``--precision`` (resolved by ``dclip_cli.precision.resolve_precision``)."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Checkpointing(str, enum.Enum):
+    """Values of ``--checkpointing`` (resolved by ``dclip_cli.precision.resolve_checkpointing``)."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option(
+        "--precision",
+        case_sensitive=False,
+        help="UNet compute precision: auto = bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs, "
+        "else fp32. The DDIM update, schedule and GroupNorm statistics always stay fp32.",
+    ),
+]
+CompileOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile the UNet (pays off on long GPU runs; compiling takes minutes on a CPU).",
+    ),
+]
+CheckpointingOpt = Annotated[
+    Checkpointing,
+    typer.Option(
+        "--checkpointing",
+        case_sensitive=False,
+        help="Gradient checkpointing of the UNet blocks while fine-tuning: less memory, about a third more "
+        "compute. auto = on in the original mode, off in the efficient mode.",
     ),
 ]
