@@ -18,7 +18,7 @@ from dclip_cli.losses.identity import (
     identity_crop,
     identity_window,
 )
-from dclip_cli.losses.lpips import LPIPSLoss, trunk_weights_path, trunk_weights_url
+from dclip_cli.losses.lpips import LPIPSLoss, trunk_weights_path
 
 SCALE = 127.5 / 128.0
 
