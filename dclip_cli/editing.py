@@ -649,6 +649,9 @@ class Session:
         reporter: where messages and progress go.
         require_face: with a face-aligning preset, treat an input without a detectable face as unreadable
             (reported and skipped) instead of centre-cropping it with a warning.
+        precision: UNet compute precision for inversion and generation: ``"fp32"`` (the original's numerics,
+            bit for bit), ``"auto"``, ``"bf16"`` or ``"fp16"`` (see :func:`dclip_cli.precision.resolve_precision`).
+        compile: run the UNets through ``torch.compile``.
     """
 
     def __init__(
@@ -658,6 +661,8 @@ class Session:
         clip_model: str = DEFAULT_CLIP_MODEL,
         reporter: Reporter | None = None,
         require_face: bool = False,
+        precision: str = "fp32",
+        compile: bool = False,
     ) -> None:
         from dclip_cli.device import resolve_device
         from dclip_cli.presets.manager import get_registry
@@ -665,6 +670,12 @@ class Session:
         self.device = resolve_device(device)
         self.clip_model = clip_model
         self.require_face = require_face
+        from dclip_cli.precision import resolve_precision
+
+        self.precision_spec = precision
+        self.precision = resolve_precision(precision, self.device)  # autocast dtype, or None for float32
+        self.compile = compile
+        self._fast: dict[int, tuple[Any, Any]] = {}
         self.reporter: Reporter = reporter or NullReporter()
         self.registry = get_registry()
         self._clip: Any = None
@@ -672,6 +683,60 @@ class Session:
         self._lpips: Any = None
         self._identity: dict[str, Any] = {}
         self.extra_models: list[dict[str, Any]] = []
+
+    # -- speed ---------------------------------------------------------------------------------------------------
+
+    def fast(self, model: Any) -> Any:
+        """The eps-model to run for inference: ``model`` itself in float32 (the original's numerics), else a
+        wrapper running it in the session's precision (autocast, channels_last, optionally compiled)."""
+        if self.precision is None and not self.compile:
+            return model
+        hit = self._fast.get(id(model))
+        if hit is None or hit[0] is not model:
+            from dclip_cli.precision import optimize_model
+
+            hit = (
+                model,
+                optimize_model(model, precision=self.precision, device=self.device, compile=self.compile),
+            )
+            self._fast[id(model)] = hit
+        return hit[1]
+
+    def announce_estimate(self, model: Any, x: Any, n_calls: int) -> None:
+        """Before a long CPU run, time one UNet call on ``x`` (one batch) and say how long ``n_calls`` will take."""
+        if self.device.type == "cuda" or n_calls <= 0:
+            return
+        from dclip_cli.precision import (
+            describe_precision,
+            estimate_seconds,
+            format_seconds,
+            should_print_estimate,
+        )
+
+        seconds = estimate_seconds(self.fast(model), x, n_calls)
+        if should_print_estimate(self.device, seconds):
+            self.reporter.info(
+                f"Estimated time: {format_seconds(seconds)} for {n_calls} UNet calls "
+                f"({describe_precision(self.precision, self.device)}); use a GPU or fewer --steps to go faster."
+            )
+
+    def precision_name(self) -> str:
+        """``fp32``, ``bf16`` or ``fp16``: what the UNets of this session compute in (for the sidecars)."""
+        from dclip_cli.precision import precision_name
+
+        return precision_name(self.precision)
+
+    def latent_key(self, sha256: str) -> str:
+        """The model part of latent-cache keys: latents made in low precision are kept apart from float32 ones."""
+        if self.precision is None:
+            return sha256
+        from dclip_cli.precision import precision_name
+
+        return f"{sha256}+{precision_name(self.precision)}"
+
+    def training_precision(self) -> str:
+        """The ``--precision`` value for on-the-fly fine-tuning (float16 has no place in training)."""
+        return "auto" if self.precision_spec == "fp16" else self.precision_spec
 
     # -- files ---------------------------------------------------------------------------------------------------
 
@@ -1136,6 +1201,7 @@ def _finetune_now(
             "n_gen_steps": n_gen_steps,
             "epochs": 1,
             "seed": seed,
+            "precision": session.training_precision(),
         },
         base_model=base.model,
         base_checkpoint=base.name,
@@ -1395,7 +1461,9 @@ def _invert_and_reconstruct(
     if latent is not None:
         x_lat = latent.to(session.device)
         x_rec = (
-            _generate(session, base.model, x_lat, settings, "reconstruction", rec_total) if need_rec else None
+            _generate(session, session.fast(base.model), x_lat, settings, "reconstruction", rec_total)
+            if need_rec
+            else None
         )
         return x_lat, x_rec
     same = settings.n_gen_steps == settings.n_inv_steps and settings.eta == 0
@@ -1408,14 +1476,19 @@ def _invert_and_reconstruct(
 
         cache = LatentCache(cache_dir() / "latents")
         for i in range(n):
-            hit = cache.get(x0[i : i + 1].detach().cpu(), base.sha256, settings.t0, settings.n_inv_steps)
+            hit = cache.get(
+                x0[i : i + 1].detach().cpu(),
+                session.latent_key(base.sha256),
+                settings.t0,
+                settings.n_inv_steps,
+            )
             if hit is not None:
                 lat[i] = hit[0].to(session.device)
                 rec[i] = hit[1].to(session.device) if same else None
     misses = [i for i in range(n) if lat[i] is None]
     if misses:
         x_miss = invert(
-            base.model,
+            session.fast(base.model),
             x0[misses],
             t0=settings.t0,
             n_steps=settings.n_inv_steps,
@@ -1434,11 +1507,12 @@ def _invert_and_reconstruct(
                 "reconstruction", advance=settings.n_gen_steps, total=rec_total, status="cached"
             )
         else:
-            x_rec = _generate(session, base.model, x_lat, settings, "reconstruction", rec_total)
+            x_rec = _generate(session, session.fast(base.model), x_lat, settings, "reconstruction", rec_total)
         if cache is not None and same:
             for i in misses:
                 cache.put(
-                    x0[i : i + 1].detach().cpu(), str(base.sha256), settings.t0, settings.n_inv_steps,
+                    x0[i : i + 1].detach().cpu(), session.latent_key(str(base.sha256)), settings.t0,
+                    settings.n_inv_steps,
                     x_lat[i : i + 1], x_rec[i : i + 1],
                 )  # fmt: skip
     return x_lat, x_rec
@@ -1496,6 +1570,8 @@ def edit_images(
     clip_model: str = DEFAULT_CLIP_MODEL,
     reporter: Reporter | None = None,
     session: Session | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
     require_face: bool = False,
 ) -> RunReport:
     """Edit images with text: invert with the base model, generate with the edit model (reference 11.1).
@@ -1528,6 +1604,8 @@ def edit_images(
         session: reuse a :class:`Session` (its device, CLIP and reporter win).
         require_face: skip (and report) inputs in which the preset's face aligner finds no face, instead of
             centre-cropping them.
+        precision: UNet compute precision (``fp32``, ``auto``, ``bf16``, ``fp16``); see :class:`Session`.
+        compile: ``torch.compile`` the UNets.
 
     Returns:
         A :class:`RunReport`; ``report.failed`` lists unreadable inputs (the others were edited).
@@ -1554,7 +1632,12 @@ def edit_images(
     _check_batch_size(batch_size)
     metrics = tuple(metrics)
     session = session or Session(
-        device=device, clip_model=clip_model, reporter=reporter, require_face=require_face
+        device=device,
+        clip_model=clip_model,
+        reporter=reporter,
+        require_face=require_face,
+        precision=precision,
+        compile=compile,
     )
     reporter = session.reporter
     started = time.perf_counter()
@@ -1629,6 +1712,8 @@ def edit_images(
     inv_total = (settings.n_inv_steps - 1) * n_batches if latent_x is None else 0
     gen_total = settings.n_gen_steps * n_batches * len(strengths)
     rec_total = settings.n_gen_steps * n_batches if need_rec else 0
+    first = torch.cat([inp.x0 for inp, _ in batch_list[0]]).to(session.device)
+    session.announce_estimate(base.model, first, inv_total + gen_total + rec_total)
     base_model = base.model
     main_index = len(strengths) - 1
     results: list[ImageResult] = []
@@ -1643,7 +1728,8 @@ def edit_images(
         edits: list[Any] = []
         with batch_timings.measure("generation"):
             for s in strengths:
-                eps_model = edit_model.model if s == 1.0 else blend(base_model, edit_model.model, s)
+                edit_eps = session.fast(edit_model.model)
+                eps_model = edit_eps if s == 1.0 else blend(session.fast(base_model), edit_eps, s)
                 edits.append(_generate(session, eps_model, x_lat, settings, "generation", gen_total))
         with batch_timings.measure("metrics"):
             rows_by_strength = [
@@ -1678,6 +1764,7 @@ def edit_images(
                     "n_gen_steps": settings.n_gen_steps,
                     "eta": settings.eta,
                     "batch_size": batch_size,
+                    "precision": session.precision_name(),
                     "latent": str(Path(latent).resolve()) if latent is not None else None,
                     "edit_model_source": edit_model.source,
                     "clip_model": session.clip_model,
@@ -1798,6 +1885,8 @@ def mix_images(
     clip_model: str = DEFAULT_CLIP_MODEL,
     reporter: Reporter | None = None,
     session: Session | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
     require_face: bool = False,
 ) -> RunReport:
     """Multi-attribute editing by noise combination (reference section 7.2, dclip's fixed version).
@@ -1837,7 +1926,12 @@ def mix_images(
     _check_batch_size(batch_size)
     metrics = tuple(metrics)
     session = session or Session(
-        device=device, clip_model=clip_model, reporter=reporter, require_face=require_face
+        device=device,
+        clip_model=clip_model,
+        reporter=reporter,
+        require_face=require_face,
+        precision=precision,
+        compile=compile,
     )
     reporter = session.reporter
     started = time.perf_counter()
@@ -1897,7 +1991,9 @@ def mix_images(
                     n_gen_steps=settings.n_gen_steps, model=m,
                 )
             )  # fmt: skip
-        eps_models = [m.model for m in members] + ([base.model] if with_base else [])
+        eps_models = [session.fast(m.model) for m in members] + (
+            [session.fast(base.model)] if with_base else []
+        )
         mixed = mix(eps_models, [(e.threshold, list(e.weights)) for e in entries])
         metric_models = session.metric_models(preset, metrics)
     if latent_x is not None:
@@ -1918,6 +2014,8 @@ def mix_images(
     inv_total = (settings.n_inv_steps - 1) * n_batches if latent_x is None else 0
     gen_total = settings.n_gen_steps * n_batches
     rec_total = settings.n_gen_steps * n_batches if need_rec else 0
+    first = torch.cat([inp.x0 for inp, _ in batch_list[0]]).to(session.device)
+    session.announce_estimate(base.model, first, len(eps_models) * gen_total + inv_total + rec_total)
     # texts for the CLIP metrics: the combined target of the --to edits
     src_text = targets[0].src if targets else (src or preset.source_text)
     trg_text = " and ".join(t.trg for t in targets) if targets else None
@@ -1972,6 +2070,7 @@ def mix_images(
                         "n_gen_steps": settings.n_gen_steps,
                         "eta": settings.eta,
                         "batch_size": batch_size,
+                        "precision": session.precision_name(),
                         "latent": str(Path(latent).resolve()) if latent is not None else None,
                         "clip_model": session.clip_model,
                         "metrics": list(metrics),
@@ -2034,6 +2133,8 @@ def translate_images(
     clip_model: str = DEFAULT_CLIP_MODEL,
     reporter: Reporter | None = None,
     session: Session | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> RunReport:
     """Unseen-domain and stroke-to-image translation (reference section 11.3, parity KEEP 13 and FIX 11).
 
@@ -2068,7 +2169,9 @@ def translate_images(
             "--model needs --to with dclip translate.", hint="Pass --to TEXT with the model's edit."
         )
     metrics = tuple(metrics)
-    session = session or Session(device=device, clip_model=clip_model, reporter=reporter)
+    session = session or Session(
+        device=device, clip_model=clip_model, reporter=reporter, precision=precision, compile=compile
+    )
     reporter = session.reporter
     started = time.perf_counter()
 
@@ -2120,6 +2223,8 @@ def translate_images(
     proj_total = TRANSLATION_STEPS * iterations * n_batches
     inv_total = (settings.n_inv_steps - 1) * n_batches if target is not None else 0
     gen_total = settings.n_gen_steps * n_batches if target is not None else 0
+    first = torch.cat([inp.x0 for inp, _ in batch_list[0]]).to(session.device)
+    session.announce_estimate(base.model, first, proj_total + inv_total + gen_total)
     results: list[ImageResult] = []
     for b_index, batch in enumerate(batch_list):
         batch_timings = Timings()
@@ -2132,7 +2237,7 @@ def translate_images(
                 # 1. noise to t0 with ᾱ[t0] (FIX 11); 2. 6-step DDIM with the base model, η = 0 (KEEP 13)
                 x_t = q_sample(x, settings.t0, generator=generator)
                 x = generate(
-                    base.model, x_t, t0=settings.t0, n_steps=TRANSLATION_STEPS,
+                    session.fast(base.model), x_t, t0=settings.t0, n_steps=TRANSLATION_STEPS,
                     callback=_phase_callback(reporter, "translation", proj_total),
                 )  # fmt: skip
                 rounds.append(x)
@@ -2144,7 +2249,8 @@ def translate_images(
                     session, base, x_proj, settings, need_rec=False, inv_total=inv_total, rec_total=0,
                     use_cache=False,
                 )  # fmt: skip
-            eps_model = edit_model.model if strength == 1.0 else blend(base.model, edit_model.model, strength)
+            edit_eps = session.fast(edit_model.model)
+            eps_model = edit_eps if strength == 1.0 else blend(session.fast(base.model), edit_eps, strength)
             with batch_timings.measure("generation"):
                 x_out = _generate(session, eps_model, x_lat, settings, "generation", gen_total)
         with batch_timings.measure("metrics"):
@@ -2186,6 +2292,7 @@ def translate_images(
                         "n_gen_steps": settings.n_gen_steps if target is not None else None,
                         "eta": settings.eta if target is not None else 0.0,
                         "batch_size": batch_size,
+                        "precision": session.precision_name(),
                         "edit_model_source": edit_model.source if edit_model is not None else None,
                         "clip_model": session.clip_model,
                         "metrics": list(metrics),

@@ -411,9 +411,12 @@ def invert_images(
     device: str | None = "auto",
     batch_size: int = 1,
     require_face: bool = False,
+    precision: str = "fp32",
+    compile: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
     on_download: Callable[[int, int | None], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
+    on_estimate: Callable[[str], None] | None = None,
 ) -> InvertReport:
     """DDIM-invert image files and write their latents and reconstructions.
 
@@ -434,9 +437,13 @@ def invert_images(
         device: ``auto``, ``cpu``, ``cuda``, ...
         batch_size: images inverted together.
         require_face: with an aligner, fail when no face is found instead of centre-cropping.
+        precision: UNet compute precision, ``fp32`` (the original's numerics), ``auto``, ``bf16`` or ``fp16``
+            (see :func:`dclip_cli.precision.resolve_precision`); recorded in each latent's metadata.
+        compile: ``torch.compile`` the UNet.
         callback: per model call, the DDIM info dict plus ``phase`` (``"invert"``/``"generate"``) and ``images``.
         on_download: download progress of the preset's checkpoint.
         on_warning: receives preprocessing warnings (for example "no face found").
+        on_estimate: receives an "Estimated time: ..." line before a long CPU run.
 
     Raises:
         ConfigError: neither ``domain`` nor ``checkpoint``; bad settings or outputs.
@@ -491,6 +498,12 @@ def invert_images(
     dev = resolve_device(device)
     model = load_diffusion_model(path, arch=arch, config=config, device=dev)
     model.requires_grad_(False)
+    from dclip_cli.precision import optimize_model, precision_name, resolve_precision
+
+    dtype = resolve_precision(precision, dev)
+    eps_model = (
+        model if dtype is None and not compile else optimize_model(model, precision=dtype, compile=compile)
+    )
     model_sha = _known_sha256(path)
     model.sha256 = model_sha
     size = preset.image_size if preset is not None else model.image_size
@@ -513,6 +526,22 @@ def invert_images(
 
     results: list[InvertedImage] = []
     n_images = len(files)
+    if on_estimate is not None and dev.type != "cuda":
+        from dclip_cli.precision import (
+            describe_precision,
+            estimate_seconds,
+            format_seconds,
+            should_print_estimate,
+        )
+
+        first = torch.cat([x for x, _ in prepared[:batch_size]]).to(dev)
+        n_calls = -(-n_images // batch_size) * (2 * n_steps - 1)
+        seconds = estimate_seconds(eps_model, first, n_calls)
+        if should_print_estimate(dev, seconds):
+            on_estimate(
+                f"Estimated time: {format_seconds(seconds)} for {n_calls} UNet calls "
+                f"({describe_precision(dtype, dev)})."
+            )
     for start in range(0, n_images, batch_size):
         chunk = list(range(start, min(start + batch_size, n_images)))
         x0 = torch.cat([prepared[i][0] for i in chunk]).to(dev)
@@ -524,8 +553,10 @@ def invert_images(
                 callback({**info, "phase": phase, "images": span})
 
         with torch.no_grad():
-            x_lat = invert(model, x0, t0=t0, n_steps=n_steps, callback=lambda i: report(i, "invert"))
-            x_rec = generate(model, x_lat, t0=t0, n_steps=n_steps, callback=lambda i: report(i, "generate"))
+            x_lat = invert(eps_model, x0, t0=t0, n_steps=n_steps, callback=lambda i: report(i, "invert"))
+            x_rec = generate(
+                eps_model, x_lat, t0=t0, n_steps=n_steps, callback=lambda i: report(i, "generate")
+            )
         metrics = reconstruction_metrics(x0, x_rec)
         for j, i in enumerate(chunk):
             latent_path, recon_path = plans[i]
@@ -543,6 +574,7 @@ def invert_images(
                 "image": files[i].name,
                 "mse": f"{mse:.8g}",
                 "psnr": f"{psnr:.4f}",
+                "precision": precision_name(dtype),
             }
             save_latent(latent_path, x_lat[j : j + 1], meta, overwrite=overwrite)
             save_image(x_rec[j : j + 1].clamp(-1, 1).cpu(), recon_path, overwrite=overwrite)

@@ -182,6 +182,35 @@ def test_resume_equals_an_uninterrupted_run(model, data, clip_loss) -> None:
         torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0)
 
 
+def test_checkpointing_gives_the_same_training_and_is_switched_off_after(model, data, clip_loss) -> None:
+    """Gradient checkpointing (issue 6) recomputes activations but changes no number; it is off on the result."""
+    x0, x_lat = data
+    kw = {"src_text": "cat", "trg_text": "tiger", "clip_loss": clip_loss}
+    plain = finetune(model, x0[:2], x_lat[:2], config=_config(checkpointing="off"), **kw)
+    ckpt = finetune(model, x0[:2], x_lat[:2], config=_config(checkpointing="on"), **kw)
+    for (name, a), b in zip(plain.state_dict().items(), ckpt.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in ckpt.modules())
+    before = _params(model)
+    assert any(not torch.equal(v, before[k]) for k, v in _params(plain).items())
+
+
+def test_bf16_training_stays_close_to_fp32_and_keeps_fp32_weights(model, data, clip_loss) -> None:
+    x0, x_lat = data
+    kw = {"src_text": "cat", "trg_text": "tiger", "clip_loss": clip_loss}
+    losses: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    tuned = {}
+    for name in losses:
+        tuned[name] = finetune(
+            model, x0[:2], x_lat[:2], config=_config(precision=name), **kw,
+            callback=lambda info, name=name: info["losses"] and losses[name].append(info["losses"]["total"]),
+        )  # fmt: skip
+    assert all(p.dtype == torch.float32 for p in tuned["bf16"].parameters())
+    assert type(tuned["bf16"]) is type(model)  # the autocast wrapper is not returned
+    assert losses["bf16"][0] == pytest.approx(losses["fp32"][0], rel=0.05)
+    assert losses["bf16"] != losses["fp32"]  # it really ran in bfloat16
+
+
 def test_interrupt_from_callback_propagates(model, data, clip_loss) -> None:
     x0, x_lat = data[0][:1], data[1][:1]
     before = _params(model)

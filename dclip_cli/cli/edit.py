@@ -11,6 +11,7 @@ import typer
 from dclip_cli.cli.options import (
     BatchSizeOpt,
     ClipModelOpt,
+    CompileOpt,
     DomainOpt,
     EtaOpt,
     FinetuneOpt,
@@ -22,6 +23,8 @@ from dclip_cli.cli.options import (
     MetricsOpt,
     OutputOpt,
     OverwriteOpt,
+    Precision,
+    PrecisionOpt,
     QuietOpt,
     RequireFaceOpt,
     SeedOpt,
@@ -234,10 +237,12 @@ def edit_command(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     require_face: RequireFaceOpt = False,
+    precision: PrecisionOpt = Precision.auto,
+    compile: CompileOpt = False,
 ) -> None:
     """Edit images with text: a named edit (--to smiling) or free text (--to "face with curly hair")."""
     from dclip_cli import api
-    from dclip_cli.cli._common import get_state, load_registry_with_warnings
+    from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
     from dclip_cli.editing import parse_metrics, parse_sweep
 
     apply_quiet(ctx, quiet)
@@ -245,6 +250,7 @@ def edit_command(
     metric_names = parse_option("--metrics", parse_metrics, metrics)
     load_registry_with_warnings()
     state = get_state(ctx)
+    tune_runtime(state)
     with CliReporter() as reporter:
         report = api.edit_images(
             images,
@@ -269,6 +275,8 @@ def edit_command(
             finetune_samples=finetune_samples,
             device=state.device,
             clip_model=clip_model,
+            precision=precision.value,
+            compile=compile,
             reporter=reporter,
             require_face=require_face,
         )

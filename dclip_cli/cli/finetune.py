@@ -9,11 +9,15 @@ from typing import Annotated, Any
 import typer
 
 from dclip_cli.cli.options import (
+    Checkpointing,
+    CheckpointingOpt,
     CheckpointOpt,
     DomainOpt,
     EtaOpt,
     InvStepsOpt,
     OverwriteOpt,
+    Precision,
+    PrecisionOpt,
     SeedOpt,
     StepsOpt,
     T0Opt,
@@ -223,6 +227,8 @@ def finetune_command(
             "--library/--no-library", help="Also save into the edit library (default: only without -o)."
         ),
     ] = None,
+    precision: PrecisionOpt = Precision.auto,
+    checkpointing: CheckpointingOpt = Checkpointing.auto,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fine-tune the diffusion model of a domain for text edits and save the result."""
@@ -230,7 +236,7 @@ def finetune_command(
     from rich.table import Table
 
     from dclip_cli import api, console
-    from dclip_cli.cli._common import get_state, load_registry_with_warnings
+    from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
 
     if domain is None:
         raise typer.BadParameter("choose a domain, for example --domain face.", param_hint="'--domain'")
@@ -254,8 +260,11 @@ def finetune_command(
         "eta": eta,
         "batch_size": batch_size,
         "seed": seed,
+        "precision": precision.value,
+        "checkpointing": checkpointing.value,
     }
     state = get_state(ctx)
+    tune_runtime(state)
     with _Display() as display:
         result = api.run_finetune(
             preset,

@@ -9,11 +9,14 @@ import typer
 
 from dclip_cli.cli.options import (
     CheckpointOpt,
+    CompileOpt,
     DomainOpt,
     ImagesArg,
     JsonOpt,
     OutputOpt,
     OverwriteOpt,
+    Precision,
+    PrecisionOpt,
     RequireFaceOpt,
     T0Opt,
 )
@@ -84,6 +87,8 @@ def invert_command(
     require_face: RequireFaceOpt = False,
     json_output: JsonOpt = False,
     overwrite: OverwriteOpt = False,
+    precision: PrecisionOpt = Precision.auto,
+    compile: CompileOpt = False,
 ) -> None:
     """Invert images to DDIM latents (.safetensors) and save their reconstructions."""
     import json
@@ -92,7 +97,7 @@ def invert_command(
     from rich.table import Table
 
     from dclip_cli import api, console
-    from dclip_cli.cli._common import get_state, load_registry_with_warnings
+    from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
 
     if arch_config is not None and checkpoint is None:
         raise typer.BadParameter(
@@ -105,6 +110,7 @@ def invert_command(
         )
     load_registry_with_warnings()
     state = get_state(ctx)
+    tune_runtime(state)
     download = _LazyDownloadBar(f"Downloading the {domain} checkpoint" if domain else "Downloading")
     try:
         with console.step_progress("Inverting") as advance:
@@ -130,9 +136,12 @@ def invert_command(
                 device=state.device,
                 batch_size=batch_size,
                 require_face=require_face,
+                precision=precision.value,
+                compile=compile,
                 callback=on_step,
                 on_download=download,
                 on_warning=console.warn,
+                on_estimate=console.info,
             )
     finally:
         download.close()

@@ -9,6 +9,7 @@ import typer
 from dclip_cli.cli.options import (
     BatchSizeOpt,
     ClipModelOpt,
+    CompileOpt,
     DomainOpt,
     EtaOpt,
     FinetuneOpt,
@@ -20,6 +21,8 @@ from dclip_cli.cli.options import (
     MetricsOpt,
     OutputOpt,
     OverwriteOpt,
+    Precision,
+    PrecisionOpt,
     QuietOpt,
     RequireFaceOpt,
     SeedOpt,
@@ -90,10 +93,12 @@ def mix_command(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     require_face: RequireFaceOpt = False,
+    precision: PrecisionOpt = Precision.auto,
+    compile: CompileOpt = False,
 ) -> None:
     """Combine several edits in one image by mixing their models' noise along a timestep schedule."""
     from dclip_cli import api
-    from dclip_cli.cli._common import get_state, load_registry_with_warnings
+    from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
     from dclip_cli.cli.edit import CliReporter, apply_quiet, parse_option, render_report
     from dclip_cli.editing import parse_metrics, parse_mix_schedule
 
@@ -111,6 +116,7 @@ def mix_command(
     metric_names = parse_option("--metrics", parse_metrics, metrics)
     load_registry_with_warnings()
     state = get_state(ctx)
+    tune_runtime(state)
     with CliReporter() as reporter:
         report = api.mix_images(
             images,
@@ -135,6 +141,8 @@ def mix_command(
             finetune_samples=finetune_samples,
             device=state.device,
             clip_model=clip_model,
+            precision=precision.value,
+            compile=compile,
             reporter=reporter,
             require_face=require_face,
         )

@@ -128,6 +128,7 @@ PrecisionOpt = Annotated[
     typer.Option(
         "--precision",
         case_sensitive=False,
+        envvar="DCLIP_PRECISION",
         help="UNet compute precision: auto = bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs, "
         "else fp32. The DDIM update, schedule and GroupNorm statistics always stay fp32.",
     ),

