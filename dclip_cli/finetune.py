@@ -1296,6 +1296,9 @@ def run_finetune(
     infer_dtype = resolve_precision(configs[0].precision, dev)
     infer_model = model if infer_dtype is None else optimize_model(model, precision=infer_dtype)
     cache_sha = base_sha if infer_dtype is None else f"{base_sha}+{precision_name(infer_dtype)}"
+    _announce_estimate(
+        infer_model, preset, configs, len(files) + n_samples, n_samples + n_preview, dev, callback
+    )
 
     # 3. the training images (photos and/or samples) and the held-out preview samples
     seed = configs[0].seed
@@ -1585,6 +1588,41 @@ class _RunFolder:
         self.state_path.unlink(missing_ok=True)
         self.doc.update(status="done", artifacts=[str(p) for p in artifacts])
         self.write_doc()
+
+
+def _announce_estimate(
+    model: Callable[..., torch.Tensor],
+    preset: Preset,
+    configs: Sequence[FinetuneConfig],
+    n_images: int,
+    n_drawn: int,
+    device: torch.device,
+    callback: EventCallback | None,
+) -> None:
+    """Before a long CPU run, time one UNet call and emit an "Estimated time" status (cache hits make it shorter)."""
+    if device.type == "cuda" or callback is None:
+        return
+    from dclip_cli.precision import (
+        describe_precision,
+        estimate_seconds,
+        format_seconds,
+        should_print_estimate,
+    )
+
+    cfg = configs[0]
+    inference = n_drawn * cfg.n_gen_steps + (n_images + n_drawn) * (2 * cfg.n_inv_steps - 1)
+    training = sum(c.epochs * n_images * c.n_train_steps for c in configs)
+    checkpointing = resolve_checkpointing(cfg.checkpointing, mode=cfg.mode)
+    x = torch.zeros((1, 3, preset.image_size, preset.image_size), device=device)
+    seconds = estimate_seconds(model, x, inference, train_calls=training, checkpointing=checkpointing)
+    if should_print_estimate(device, seconds):
+        dtype = resolve_precision(cfg.precision, device, training=True)
+        _emit(
+            callback,
+            "status",
+            message=f"Estimated time: up to {format_seconds(seconds)} ({inference} sampling/inversion and "
+            f"{training} training UNet calls, {describe_precision(dtype, device)}); a GPU is much faster.",
+        )
 
 
 def _weights_sha256(model: nn.Module) -> str:

@@ -98,3 +98,35 @@ def test_finetune_bf16_with_checkpointing_and_fp16_refused(tmp_path: Path) -> No
         assert result.exit_code == 1
         assert "fp16" in result.stderr and "bf16" in result.stderr
         assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_estimated_time_is_announced_for_long_cpu_runs(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The threshold is lowered so that the tiny model's run counts as long; the estimate is printed on stderr."""
+    from dclip_cli import precision
+
+    monkeypatch.setattr(precision, "ESTIMATE_MIN_SECONDS", 0.0)
+    result = runner.invoke(
+        app, ["edit", str(world.image), "--to", "pixar", "--domain", "tinyface", *world.cli_args(),
+              "-o", str(world.root / "est")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Estimated time:" in result.stderr and "UNet calls" in result.stderr
+    assert "Estimated" not in result.stdout
+    result = runner.invoke(
+        app, ["invert", str(world.image), "--domain", "tinyface", "-o", str(world.root / "inv")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Estimated time:" in result.stderr
+
+
+def test_finetune_announces_its_estimate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dclip_cli import precision
+
+    monkeypatch.setattr(precision, "ESTIMATE_MIN_SECONDS", 0.0)
+    with tiny_preset(tmp_path / "preset") as tiny:
+        result = runner.invoke(
+            app, ["--device", "cpu", "finetune", "--domain", "tinycat", "--text", "tiger", "--samples", "1",
+                  "--previews", "0", "--clip-model", str(tiny.clip), "-o", str(tmp_path / "a.safetensors")],
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Estimated time: up to" in result.stderr and "training UNet calls" in result.stderr
