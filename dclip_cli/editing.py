@@ -375,6 +375,39 @@ def output_is_directory(output: str | os.PathLike[str]) -> bool:
     return path.is_dir() or text.endswith(("/", os.sep)) or path.suffix == ""
 
 
+def split_output(
+    output: str | os.PathLike[str] | None, n_inputs: int, *, suffix: str, what: str, verb: str
+) -> tuple[Path | None, Path | None]:
+    """Interpret ``-o``: ``(directory, None)``, ``(None, file)`` for a single input, or ``(None, None)``.
+
+    Args:
+        output: the ``-o`` value, or ``None`` (outputs go next to the inputs).
+        n_inputs: how many inputs the command got.
+        suffix: the only file suffix ``-o`` may name (``.png``, ``.safetensors``).
+        what: what the files are, for the message ("dclip writes PNG images").
+        verb: what the command does to several images ("editing", "inverting").
+
+    Raises:
+        ConfigError: ``-o`` names a file with another suffix, or one file for several inputs.
+    """
+    if output is None:
+        return None, None
+    if output_is_directory(output):
+        return Path(output), None
+    out_file = Path(output)
+    if out_file.suffix.lower() != suffix:
+        raise ConfigError(
+            f"-o {out_file} does not end in {suffix}; {what}.",
+            hint=f"Name the output file with {suffix}, or pass a directory.",
+        )
+    if n_inputs != 1:
+        raise ConfigError(
+            f"-o {out_file} names one file but {n_inputs} images were given.",
+            hint=f"Pass a directory with -o when {verb} several images.",
+        )
+    return None, out_file
+
+
 def _nearest_existing(path: Path) -> Path:
     p = path.absolute()
     while not p.exists() and p.parent != p:
@@ -420,23 +453,9 @@ def plan_outputs(
         OutputExistsError: an output exists and ``overwrite`` is false.
         OutputError: the output directory is not writable.
     """
-    out_dir: Path | None = None
-    out_file: Path | None = None
-    if output is not None:
-        if output_is_directory(output):
-            out_dir = Path(output)
-        else:
-            out_file = Path(output)
-            if out_file.suffix.lower() != ".png":
-                raise ConfigError(
-                    f"-o {out_file} does not end in .png; dclip writes PNG images.",
-                    hint="Name the output file with .png, or pass a directory.",
-                )
-            if len(inputs) != 1:
-                raise ConfigError(
-                    f"-o {out_file} names one file but {len(inputs)} images were given.",
-                    hint="Pass a directory with -o when editing several images.",
-                )
+    out_dir, out_file = split_output(
+        output, len(inputs), suffix=".png", what="dclip writes PNG images", verb="editing"
+    )
     plans: list[OutputSet] = []
     owner: dict[Path, Path] = {}
     input_keys = {p.resolve() for p in inputs}

@@ -330,26 +330,13 @@ def plan_latent_outputs(
         OutputExistsError: an output exists and ``overwrite`` is false.
         OutputError: the output directory is not writable.
     """
-    from dclip_cli.editing import check_writable_dir, output_is_directory
+    from dclip_cli.editing import check_writable_dir, split_output
     from dclip_cli.errors import ConfigError, OutputExistsError
 
-    out_dir: Path | None = None
-    out_file: Path | None = None
-    if output is not None:
-        if output_is_directory(output):
-            out_dir = Path(output)
-        else:
-            out_file = Path(output)
-            if out_file.suffix.lower() != ".safetensors":
-                raise ConfigError(
-                    f"-o {out_file} does not end in .safetensors; latents are written as safetensors files.",
-                    hint="Name the latent file with .safetensors, or pass a directory.",
-                )
-            if len(inputs) != 1:
-                raise ConfigError(
-                    f"-o {out_file} names one file but {len(inputs)} images were given.",
-                    hint="Pass a directory with -o when inverting several images.",
-                )
+    out_dir, out_file = split_output(
+        output, len(inputs), suffix=".safetensors", what="latents are written as safetensors files",
+        verb="inverting",
+    )  # fmt: skip
     plans: list[tuple[Path, Path]] = []
     owner: dict[Path, Path] = {}
     for src in inputs:
