@@ -61,7 +61,7 @@ def report(exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         console.err.print("[red]Interrupted.[/red] Nothing partial was left behind.")
         return EXIT_INTERRUPTED
-    formatter = None
+    formatter: Callable[[BaseException], tuple[str, str | None]] | None = None
     if _is_cuda_oom(exc):
         formatter = _format_memory
     else:
@@ -69,11 +69,10 @@ def report(exc: BaseException) -> int:
             if isinstance(exc, kind):
                 formatter = fmt
                 break
+    hint: str | None
     if formatter is None:
-        message, hint = (
-            f"Unexpected error: {type(exc).__name__}: {exc}",
-            "This is a bug in dclip; run again with DCLIP_DEBUG=1 and report the traceback.",
-        )
+        message = f"Unexpected error: {type(exc).__name__}: {exc}"
+        hint = "This is a bug in dclip; run again with DCLIP_DEBUG=1 and report the traceback."
     else:
         message, hint = formatter(exc)
     if debug_enabled():

@@ -10,6 +10,7 @@ and every other command keep working.
 
 from __future__ import annotations
 
+import functools
 import os
 import traceback
 from collections.abc import Callable, Iterable
@@ -107,6 +108,10 @@ def _format_exc(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _identity(obj: Any) -> Any:
+    return obj
+
+
 class _Collector:
     """Collects what one plugin registers, validating each record's type."""
 
@@ -154,7 +159,7 @@ def load_registry(
         candidates.append((ep.name, ep.value, dist, version, ep.load))
     for name, obj in extra_plugins:
         module = getattr(obj, "__name__", type(obj).__name__)
-        candidates.append((name, module, None, None, lambda obj=obj: obj))
+        candidates.append((name, module, None, None, functools.partial(_identity, obj)))
 
     for name, module_name, dist, version, load in candidates:
         info = PluginInfo(name=name, module=module_name, distribution=dist, version=version)
