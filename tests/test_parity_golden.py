@@ -70,8 +70,9 @@ def test_model_ratio_matches_the_original() -> None:
     assert _close(float(out.double().sum()), GOLDEN["ratio_sum"], rel=1e-3)
 
 
-def test_one_original_mode_finetuning_step_matches_the_original(tmp_path: Path) -> None:
-    """Loss value and updated weights after one original-mode step (parity KEEP 7-12; see ``finetune_note``)."""
+@pytest.mark.parametrize("mode, key", [("original", "ft"), ("efficient", "ft_eff")])
+def test_one_finetuning_image_matches_the_original(tmp_path: Path, mode: str, key: str) -> None:
+    """Last loss value and updated weights after one image in each mode (parity KEEP 7-12; ``finetune_note``)."""
     from dclip_cli.finetune import FinetuneConfig, finetune
     from dclip_cli.losses.clip import DirectionalCLIPLoss, load_clip
     from tests.support.tiny import TINY_SIZE
@@ -83,12 +84,14 @@ def test_one_original_mode_finetuning_step_matches_the_original(tmp_path: Path) 
     with torch.no_grad():
         x_lat = invert(base, x0, t0=300, n_steps=6)
     config = FinetuneConfig(t0=300, n_inv_steps=6, n_train_steps=4, n_gen_steps=6, lr=1e-3, l1_weight=1.0,
-                            epochs=1, batch_size=1, checkpointing="off")  # fmt: skip
+                            epochs=1, batch_size=1, checkpointing="off", mode=mode)  # fmt: skip
     losses: list[dict] = []
     tuned = finetune(base, x0, x_lat, src_text="face", trg_text="smiling face", clip_loss=DirectionalCLIPLoss(clip),
                      config=config, callback=lambda info: info["losses"] and losses.append(info["losses"]))  # fmt: skip
-    assert losses[-1]["total"] == pytest.approx(GOLDEN["ft_loss"], rel=1e-5)
-    assert losses[-1]["clip"] == pytest.approx(GOLDEN["ft_clip_term"], rel=1e-5)
+    assert losses[-1]["total"] == pytest.approx(GOLDEN[f"{key}_loss"], rel=1e-5)
+    assert losses[-1]["clip"] == pytest.approx(GOLDEN[f"{key}_clip_term"], rel=1e-5)
     state = tuned.unet.state_dict()
-    assert _close(float(state["conv_out.weight"].double().sum()), GOLDEN["ft_conv_out_weight_sum"], rel=1e-5)
-    assert torch.allclose(state["conv_out.bias"], torch.tensor(GOLDEN["ft_conv_out_bias"]), atol=1e-6)
+    assert _close(
+        float(state["conv_out.weight"].double().sum()), GOLDEN[f"{key}_conv_out_weight_sum"], rel=1e-5
+    )
+    assert torch.allclose(state["conv_out.bias"], torch.tensor(GOLDEN[f"{key}_conv_out_bias"]), atol=1e-6)
