@@ -43,17 +43,17 @@ class DclipGroup(TyperGroup):
             ctx.exit(report(exc))
 
 
-#: command modules under ``dclip_cli.cli``; each defines ``register(app)``. Listed only when they work.
+#: command modules under ``dclip_cli.cli``, in ``--help`` order; each defines ``register(app)``.
 COMMANDS: tuple[str, ...] = (
-    "presets",
-    "plugins",
-    "models",
-    "invert",
-    "finetune",
     "edit",
+    "finetune",
     "mix",
     "translate",
+    "invert",
     "score",
+    "models",
+    "presets",
+    "plugins",
 )
 
 app = typer.Typer(
