@@ -1375,8 +1375,11 @@ def _settings_for(
     )
     validate_t0(settings.t0, settings.n_inv_steps)
     validate_t0(settings.t0, settings.n_gen_steps)
-    if not math.isfinite(settings.eta) or settings.eta < 0:
-        raise ConfigError(f"--eta must be >= 0, got {eta}.", hint="Use --eta 0 for deterministic DDIM.")
+    if not math.isfinite(settings.eta) or not 0 <= settings.eta <= 1:
+        raise ConfigError(
+            f"--eta must be between 0 and 1, got {eta}.",
+            hint="Use --eta 0 for deterministic DDIM (at most 1).",
+        )
     return settings
 
 
@@ -1495,7 +1498,7 @@ def _invert_and_reconstruct(
 
         cache = LatentCache(cache_dir() / "latents")
         for i in range(n):
-            hit = cache.get(
+            hit = cache.get_latent(
                 x0[i : i + 1].detach().cpu(),
                 session.latent_key(base.sha256),
                 settings.t0,
@@ -1503,8 +1506,9 @@ def _invert_and_reconstruct(
             )
             if hit is not None:
                 lat[i] = hit[0].to(session.device)
-                rec[i] = hit[1].to(session.device) if same else None
+                rec[i] = hit[1].to(session.device) if same and hit[1] is not None else None
     misses = [i for i in range(n) if lat[i] is None]
+    had_rec = [r is not None for r in rec]
     if misses:
         x_miss = invert(
             session.fast(base.model),
@@ -1527,12 +1531,14 @@ def _invert_and_reconstruct(
             )
         else:
             x_rec = _generate(session, session.fast(base.model), x_lat, settings, "reconstruction", rec_total)
-        if cache is not None and same:
-            for i in misses:
+    if cache is not None:
+        # every new latent is stored; its reconstruction too when it is the same computation (N steps, η = 0)
+        keep_rec = x_rec is not None and same
+        for i in range(n):
+            if i in misses or (keep_rec and not had_rec[i]):
                 cache.put(
                     x0[i : i + 1].detach().cpu(), session.latent_key(str(base.sha256)), settings.t0,
-                    settings.n_inv_steps,
-                    x_lat[i : i + 1], x_rec[i : i + 1],
+                    settings.n_inv_steps, x_lat[i : i + 1], x_rec[i : i + 1] if keep_rec else None,
                 )  # fmt: skip
     return x_lat, x_rec
 
@@ -2025,6 +2031,12 @@ def mix_images(
                 f"The edit models were fine-tuned at different t0 ({', '.join(map(str, sorted(member_t0s)))}); "
                 f"using t0 = {settings.t0}. Pass --t0 to choose."
             )
+        elif len(member_t0s) == 1 and (member_t0 := member_t0s.pop()) != settings.t0:
+            # every member was fine-tuned at one t0: use it, as dclip edit does with its edit model
+            settings = _settings_for(
+                preset, t0=member_t0, n_inv_steps=settings.n_inv_steps, n_gen_steps=settings.n_gen_steps,
+                eta=eta, seed=seed,
+            )  # fmt: skip
     need_rec = "psnr" in metrics or compare
 
     # 4. batches

@@ -163,9 +163,10 @@ class FinetuneConfig:
                 f"The learning-rate factor per epoch must be positive, got {self.lr_gamma!r}.",
                 hint="Use 1.3 (the original) or 1.0 for a constant learning rate.",
             )
-        if not _finite(self.eta) or self.eta < 0:
+        if not _finite(self.eta) or not 0 <= self.eta <= 1:
             raise ConfigError(
-                f"eta must be a number >= 0, got {self.eta!r}.", hint="Use --eta 0 for deterministic DDIM."
+                f"eta must be a number between 0 and 1, got {self.eta!r}.",
+                hint="Use --eta 0 for deterministic DDIM (at most 1).",
             )
         weights = self.loss_weights()
         for name, weight in weights.items():

@@ -199,20 +199,28 @@ class LatentCache:
     def get(
         self, image: str | torch.Tensor, model_sha256: str, t0: int, steps: int
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Return ``(x_lat, x_rec)`` for the entry, or ``None`` on a miss (an unreadable entry counts as a miss).
+        """Return ``(x_lat, x_rec)`` for the entry, or ``None`` on a miss (an unreadable entry, or one stored
+        without its reconstruction, counts as a miss; see :meth:`get_latent` for the latent alone).
 
         Args:
             image: a content key of the image (e.g. the SHA-256 of its file or of the prepared tensor), or the
                 prepared image tensor itself (hashed with :func:`tensor_sha256`).
         """
+        found = self.get_latent(image, model_sha256, t0, steps)
+        if found is None or found[1] is None:
+            return None
+        return found[0], found[1]
+
+    def get_latent(
+        self, image: str | torch.Tensor, model_sha256: str, t0: int, steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Return ``(x_lat, x_rec or None)`` for the entry, or ``None`` on a miss."""
         p = self.path(image, model_sha256, t0, steps)
         if not p.is_file():
             return None
         try:
             x_lat, x_rec, _ = _read(p)
         except LatentError:
-            return None
-        if x_rec is None:
             return None
         return x_lat, x_rec
 
@@ -223,10 +231,11 @@ class LatentCache:
         t0: int,
         steps: int,
         x_lat: torch.Tensor,
-        x_rec: torch.Tensor,
+        x_rec: torch.Tensor | None,
         metadata: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Store ``x_lat`` and ``x_rec`` (both (B, 3, S, S)) for these settings, replacing any old entry."""
+        """Store ``x_lat`` and, when known, ``x_rec`` (both (B, 3, S, S)) for these settings, replacing any old
+        entry."""
         image_key = image if isinstance(image, str) else tensor_sha256(image)
         meta = {"image_key": image_key, "model_sha256": model_sha256, "t0": int(t0), "steps": int(steps)}
         meta.update(dict(metadata or {}))

@@ -359,3 +359,22 @@ def test_require_face(
         assert result.exit_code == 0, result.output
         assert "no face" in result.stderr.lower()
         assert sorted(p.name for p in out.glob("*.png")) == ["face.pixar.png", "photo.pixar.png"]
+
+
+@pytest.mark.parametrize(
+    "extra", [["--metrics", "none"], ["--eta", "0.5", "--metrics", "none"], ["--steps", "4"]]
+)
+def test_second_edit_reuses_the_inversion(world, extra: list[str]) -> None:
+    """The latent is cached even when no reconstruction was computed (no PSNR, η > 0, other generation steps)."""
+    from dclip_cli.checkpoints.cache import cache_dir
+
+    args = [str(world.image), "--to", "pixar", "--domain", "tinyface", "--overwrite", *extra]
+    first = run(world, *args, "-o", str(world.root / "a.png"))
+    assert first.exit_code == 0, first.output
+    entries = list((cache_dir() / "latents").rglob("*.safetensors"))
+    assert len(entries) == 1
+    second = run(world, *args, "-o", str(world.root / "b.png"))
+    assert second.exit_code == 0, second.output
+    inversion_lines = [line for line in second.stderr.splitlines() if "Inverting" in line]
+    assert inversion_lines and "cached" in inversion_lines[-1]
+    assert np.array_equal(png(world.root / "a.png"), png(world.root / "b.png"))

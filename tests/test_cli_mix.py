@@ -80,6 +80,23 @@ def test_mix_of_one_model_with_all_weight_equals_the_edit(world) -> None:
     assert np.array_equal(png(world.root / "m.png"), png(world.root / "e.png"))
 
 
+def test_model_members_set_t0_when_they_agree(world) -> None:
+    """``--model`` members fine-tuned at one t0 (here the official tiny/pixar, t0 201; the preset says 200) run at
+    that t0, as ``dclip edit --model`` does."""
+    mixed = run(
+        world, "--model", "tiny/pixar", "--with-base", "--schedule", "0:1,0", "-o", str(world.root / "m.png")
+    )
+    assert mixed.exit_code == 0, mixed.output
+    doc = json.loads((world.root / "m.json").read_text())
+    assert doc["settings"]["t0"] == 201
+    edit = CliRunner().invoke(
+        app, ["edit", *world.cli_args(), str(world.image), "--domain", "tinyface", "--to", "pixar", "-o",
+              str(world.root / "e.png")],
+    )  # fmt: skip
+    assert edit.exit_code == 0, edit.output
+    assert np.array_equal(png(world.root / "m.png"), png(world.root / "e.png"))
+
+
 @pytest.mark.parametrize(
     ("schedule", "message"),
     [

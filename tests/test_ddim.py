@@ -186,3 +186,12 @@ def test_progressive_inversion_leaves_grad_mode_alone_between_steps() -> None:
     assert not info["x"].requires_grad
     steps.close()
     assert torch.is_grad_enabled()
+
+
+def test_eta_above_one_is_refused() -> None:
+    """Above 1 the direction coefficient √(1 - ᾱ_next - σ²) is not real: NaN images, so it is an error."""
+    x = torch.zeros((1, 3, 4, 4))
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        ddim_step(x, x, 0.5, 0.9, eta=1.5)
+    x_next, _ = ddim_step(x + 0.1, x, 0.5, 0.9, eta=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(x_next).all()

@@ -34,7 +34,10 @@ StepsOpt = Annotated[
     int | None,
     typer.Option("--steps", min=2, help="Points in the DDIM generation sequence. Default: preset (40)."),
 ]
-EtaOpt = Annotated[float, typer.Option("--eta", min=0.0, help="DDIM eta for generation (0 = deterministic).")]
+EtaOpt = Annotated[
+    float,
+    typer.Option("--eta", min=0.0, max=1.0, help="DDIM eta for generation: 0 = deterministic, 1 = DDPM-like noise."),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (noise, sampling, training order).")]
 OutputOpt = Annotated[
     Path | None,

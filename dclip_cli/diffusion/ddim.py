@@ -86,8 +86,11 @@ def ddim_step(
         raise ConfigError(
             "Both a generator and explicit noise were passed to the DDIM step.", hint="Pass one or the other."
         )
-    if eta < 0:
-        raise ConfigError(f"eta must be >= 0, got {eta}.", hint="Use eta = 0 for deterministic DDIM.")
+    if not 0 <= eta <= 1:
+        # above 1, σ² exceeds 1 - ᾱ_next and the direction term √(1 - ᾱ_next - σ²) is not real (NaN images)
+        raise ConfigError(
+            f"eta must be between 0 and 1, got {eta}.", hint="Use eta = 0 for deterministic DDIM, at most 1."
+        )
     a_t = _as_coefficient(alpha_bar_t, x_t)
     a_next = _as_coefficient(alpha_bar_next, x_t)
 
