@@ -644,6 +644,15 @@ class SamplingSettings:
 
         return torch.Generator(device=device).manual_seed(self.seed + offset)
 
+    def generators(self, device: Any, x: Any) -> list[Any]:
+        """One generator per image of ``x`` (B, 3, S, S), seeded with ``seed`` plus a hash of that image, so an
+        image's noise does not depend on the batch it is in or its position there."""
+        from dclip_cli.latents import tensor_sha256
+
+        return [
+            self.generator(device, offset=int(tensor_sha256(x[i : i + 1])[:8], 16)) for i in range(x.shape[0])
+        ]
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # session: registry, device, lazily loaded networks
@@ -1546,13 +1555,14 @@ def _invert_and_reconstruct(
 def _generate(
     session: Session, model: Any, x_lat: Any, settings: SamplingSettings, phase: str, total: int
 ) -> Any:
-    """DDIM generation from ``x_lat``; η noise from a generator seeded with ``settings.seed`` at every call, so
-    the base reconstruction and a strength-0 edit are the same computation."""
+    """DDIM generation from ``x_lat``; η noise from per-image generators seeded with ``settings.seed`` and the
+    latent's content at every call, so the base reconstruction and a strength-0 edit are the same computation and
+    no result depends on the batch size."""
     import torch
 
     from dclip_cli.diffusion.ddim import generate
 
-    generator = settings.generator(session.device) if settings.eta > 0 else None
+    generator = settings.generators(session.device, x_lat) if settings.eta > 0 else None
     with torch.no_grad():
         return generate(
             model,
@@ -2257,10 +2267,10 @@ def translate_images(
     first = torch.cat([inp.x0 for inp, _ in batch_list[0]]).to(session.device)
     session.announce_estimate(base.model, first, proj_total + inv_total + gen_total)
     results: list[ImageResult] = []
-    for b_index, batch in enumerate(batch_list):
+    for batch in batch_list:
         batch_timings = Timings()
         x0 = torch.cat([inp.x0 for inp, _ in batch]).to(session.device)
-        generator = settings.generator(session.device, offset=b_index)
+        generator = settings.generators(session.device, x0)  # per image: independent of the batching
         rounds: list[Any] = []
         x = x0
         with batch_timings.measure("translation"), torch.no_grad():

@@ -378,3 +378,19 @@ def test_second_edit_reuses_the_inversion(world, extra: list[str]) -> None:
     inversion_lines = [line for line in second.stderr.splitlines() if "Inverting" in line]
     assert inversion_lines and "cached" in inversion_lines[-1]
     assert np.array_equal(png(world.root / "a.png"), png(world.root / "b.png"))
+
+
+def test_eta_results_do_not_depend_on_the_batch_size(world) -> None:
+    """η noise is drawn per image (seeded by --seed and the image), so batching changes no result."""
+    folder = world.root / "two"
+    write_image(folder / "a.png", seed=1)
+    write_image(folder / "b.png", seed=2)
+    outs = {}
+    for bs in ("1", "2"):
+        out = world.root / f"bs{bs}"
+        result = run(world, str(folder), "--to", "pixar", "--domain", "tinyface", "--eta", "0.5", "--seed", "3",
+                     "-b", bs, "--metrics", "none", "-o", str(out))  # fmt: skip
+        assert result.exit_code == 0, result.output
+        outs[bs] = [png(out / "a.pixar.png"), png(out / "b.pixar.png")]
+    assert np.array_equal(outs["1"][0], outs["2"][0]) and np.array_equal(outs["1"][1], outs["2"][1])
+    assert not np.array_equal(outs["1"][0], outs["1"][1])

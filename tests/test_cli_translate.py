@@ -44,9 +44,12 @@ def _oracle_rounds(image: Path, rounds: int, t0: int, seed: int) -> list[np.ndar
     from dclip_cli.diffusion.schedule import alphas_cumprod
     from dclip_cli.images import load_and_prepare, to_pil
 
+    from dclip_cli.latents import tensor_sha256
+
     base = make_tiny32(0)
     x, _ = load_and_prepare(image, 32)
-    gen = torch.Generator().manual_seed(seed)
+    # the noise of an image comes from --seed plus a hash of the image (independent of batching)
+    gen = torch.Generator().manual_seed(seed + int(tensor_sha256(x)[:8], 16))
     a = alphas_cumprod()[t0]  # FIX 11: alpha_bar[t0], not alpha_bar[t0 - 1]
     out = []
     with torch.no_grad():

@@ -195,3 +195,17 @@ def test_eta_above_one_is_refused() -> None:
         ddim_step(x, x, 0.5, 0.9, eta=1.5)
     x_next, _ = ddim_step(x + 0.1, x, 0.5, 0.9, eta=1.0, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(x_next).all()
+
+
+def test_one_generator_per_sample_makes_results_independent_of_the_batch() -> None:
+    model = make_tiny_model("ddpm", seed=0)
+    x = torch.randn((3, 3, 16, 16), generator=torch.Generator().manual_seed(4))
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    with torch.no_grad():
+        batch = generate(model, x, t0=300, n_steps=4, eta=0.7, generator=gens([1, 2, 3]))
+        alone = generate(model, x[1:2], t0=300, n_steps=4, eta=0.7, generator=gens([2]))
+        noisy = q_sample(x, 300, generator=gens([5, 6, 7]))
+    assert torch.allclose(batch[1:2], alone, atol=1e-5)
+    assert torch.allclose(noisy[2:3], q_sample(x[2:3], 300, generator=gens([7])))
+    with pytest.raises(ConfigError, match="2 generators were given for a batch of 3"):
+        generate(model, x, t0=300, n_steps=4, eta=0.7, generator=gens([1, 2]))

@@ -36,7 +36,9 @@ StepsOpt = Annotated[
 ]
 EtaOpt = Annotated[
     float,
-    typer.Option("--eta", min=0.0, max=1.0, help="DDIM eta for generation: 0 = deterministic, 1 = DDPM-like noise."),
+    typer.Option(
+        "--eta", min=0.0, max=1.0, help="DDIM eta for generation: 0 = deterministic, 1 = DDPM-like noise."
+    ),
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (noise, sampling, training order).")]
 OutputOpt = Annotated[

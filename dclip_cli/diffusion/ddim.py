@@ -45,14 +45,30 @@ def _as_coefficient(value: torch.Tensor | float, like: torch.Tensor) -> torch.Te
     return coef
 
 
-def _standard_normal(
-    shape: torch.Size, like: torch.Tensor, generator: torch.Generator | None
-) -> torch.Tensor:
+#: one generator for the whole batch, or one per sample (then each sample's noise is independent of the batch
+#: it is in, as with diffusers' lists of generators)
+Generators = torch.Generator | Sequence[torch.Generator]
+
+
+def _standard_normal(shape: torch.Size, like: torch.Tensor, generator: Generators | None) -> torch.Tensor:
     """Draw N(0, I) noise with ``generator`` (on the generator's device, then moved to ``like``'s device)."""
     if generator is None:
         return torch.randn(shape, dtype=like.dtype, device=like.device)
-    z = torch.randn(shape, generator=generator, dtype=like.dtype, device=generator.device)
-    return z.to(like.device)
+    if isinstance(generator, torch.Generator):
+        z = torch.randn(shape, generator=generator, dtype=like.dtype, device=generator.device)
+        return z.to(like.device)
+    gens = list(generator)
+    if len(gens) != shape[0]:
+        raise ConfigError(
+            f"{len(gens)} generators were given for a batch of {shape[0]}.",
+            hint="Pass one generator, or one per sample.",
+        )
+    return torch.cat(
+        [
+            torch.randn((1, *shape[1:]), generator=g, dtype=like.dtype, device=g.device).to(like.device)
+            for g in gens
+        ]
+    )
 
 
 def ddim_step(
@@ -62,7 +78,7 @@ def ddim_step(
     alpha_bar_next: torch.Tensor | float,
     *,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators | None = None,
     noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM step from ᾱ_t to ᾱ_next, used both ways (generation: ᾱ_next > ᾱ_t; inversion: ᾱ_next < ᾱ_t).
@@ -73,7 +89,7 @@ def ddim_step(
         alpha_bar_t: ᾱ_t as a float, a 0-d tensor, a (B,) tensor or a (B, 1, 1, 1) tensor.
         alpha_bar_next: ᾱ at the next timestep, same forms (1.0 for the t_next = -1 endpoint).
         eta: η >= 0; only η = 0 is allowed in the inversion direction.
-        generator: source of the noise z when η > 0.
+        generator: source of the noise z when η > 0: one generator, or one per sample (``Generators``).
         noise: explicit noise z of the shape of ``x_t`` (instead of ``generator``).
 
     Returns:
@@ -143,7 +159,7 @@ def ddim_loop_progressive(
     pairs: Sequence[tuple[int, int]],
     *,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators | None = None,
 ) -> Iterator[StepInfo]:
     """Run DDIM over ``pairs`` of (t, t_next), yielding one info dict per model call.
 
@@ -154,7 +170,7 @@ def ddim_loop_progressive(
         x: (B, C, H, W) sample at ``pairs[0][0]``.
         pairs: (t, t_next) pairs, for example from ``generation_pairs`` or ``inversion_pairs``.
         eta: η for every step (must be 0 for pairs that move to noisier levels).
-        generator: noise source when η > 0.
+        generator: noise source when η > 0 (one generator, or one per sample).
 
     Yields:
         ``{"step", "total", "t", "t_next", "x", "pred_x0"}`` after each step; ``x`` is the new sample.
@@ -179,7 +195,7 @@ def ddim_loop(
     pairs: Sequence[tuple[int, int]],
     *,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """Run DDIM over ``pairs`` and return the final sample (B, C, H, W); see :func:`ddim_loop_progressive`."""
@@ -237,7 +253,7 @@ def generate_progressive(
     t0: int,
     n_steps: int,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators | None = None,
 ) -> Iterator[StepInfo]:
     """Progressive form of :func:`generate` (yields one info dict per model call)."""
     yield from ddim_loop_progressive(model, x_t, generation_pairs(t0, n_steps), eta=eta, generator=generator)
@@ -250,7 +266,7 @@ def generate(
     t0: int,
     n_steps: int,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DDIM generation from the latent at ``t0`` down to a clean image.
@@ -264,7 +280,7 @@ def generate(
         t0: return step, 1 <= t0 <= 999.
         n_steps: points N in the timestep sequence (>= 2).
         eta: η >= 0 (0 = deterministic DDIM).
-        generator: noise source when η > 0 (reproducible with a seeded generator).
+        generator: noise source when η > 0 (reproducible with a seeded generator; a list gives one per sample).
         callback: called with an info dict after each step.
 
     Returns:
@@ -278,7 +294,7 @@ def q_sample(
     x0: torch.Tensor,
     t: int | torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators | None = None,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample x_t ~ q(x_t | x0) = N(√ᾱ_t·x0, (1 - ᾱ_t)·I).
