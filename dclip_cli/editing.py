@@ -682,6 +682,9 @@ class Session:
         compile: run the UNets through ``torch.compile``.
     """
 
+    #: edit models whose fast wrappers a session keeps (mixes use several at once)
+    KEEP_EDIT_MODELS = 4
+
     def __init__(
         self,
         *,
@@ -703,7 +706,9 @@ class Session:
         self.precision_spec = precision
         self.precision = resolve_precision(precision, self.device)  # autocast dtype, or None for float32
         self.compile = compile
-        self._fast: dict[int, tuple[Any, Any]] = {}
+        self._fast: dict[
+            int, tuple[Any, Any]
+        ] = {}  # id(model) -> (model, wrapper), least recently used first
         self.reporter: Reporter = reporter or NullReporter()
         self.registry = get_registry()
         self._clip: Any = None
@@ -716,10 +721,14 @@ class Session:
 
     def fast(self, model: Any) -> Any:
         """The eps-model to run for inference: ``model`` itself in float32 (the original's numerics), else a
-        wrapper running it in the session's precision (autocast, channels_last, optionally compiled)."""
+        wrapper running it in the session's precision (autocast, channels_last, optionally compiled).
+
+        Wrappers are kept for the base models and the few most recently used edit models, so that a session reused
+        for many edits does not keep every edit model (and its low-precision weight copy) alive.
+        """
         if self.precision is None and not self.compile:
             return model
-        hit = self._fast.get(id(model))
+        hit = self._fast.pop(id(model), None)
         if hit is None or hit[0] is not model:
             from dclip_cli.precision import optimize_model
 
@@ -727,7 +736,11 @@ class Session:
                 model,
                 optimize_model(model, precision=self.precision, device=self.device, compile=self.compile),
             )
-            self._fast[id(model)] = hit
+        self._fast[id(model)] = hit  # most recently used last
+        bases = {id(b.model) for b in self._bases.values()}
+        others = [key for key in self._fast if key not in bases]
+        for key in others[: max(0, len(others) - self.KEEP_EDIT_MODELS)]:
+            del self._fast[key]
         return hit[1]
 
     def announce_estimate(self, model: Any, x: Any, n_calls: int) -> None:

@@ -356,3 +356,19 @@ def test_find_library_match(tmp_path: Path) -> None:
     # without a recorded base hash, the base checkpoint's name decides
     named = save("named", base_sha256=None, base_checkpoint="tiny_base", trg_text="pixar face")
     assert find_library_match(preset, "face", "pixar face", base_sha256="c" * 64, t0=200) == named
+
+
+def test_session_keeps_few_fast_wrappers() -> None:
+    """A reused session does not keep every edit model (and its bf16 weight copy) alive."""
+    from dclip_cli.editing import Session
+    from tests.support.tiny import make_tiny_model
+
+    session = Session(device="cpu", precision="bf16")
+    models = [make_tiny_model("ddpm", seed=s) for s in range(6)]
+    first = session.fast(models[0])
+    assert session.fast(models[0]) is first  # reused while recent
+    for m in models[1:]:
+        session.fast(m)
+    assert len(session._fast) == Session.KEEP_EDIT_MODELS
+    assert id(models[0]) not in session._fast and id(models[-1]) in session._fast
+    assert Session(device="cpu", precision="fp32").fast(models[0]) is models[0]  # fp32: the model itself
