@@ -166,7 +166,7 @@ def test_build_facenet_loads_state_dict_safely_and_embeds(tmp_path: Path) -> Non
 def test_build_facenet_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="do not exist") as info:
         build_facenet(tmp_path / "missing.pt", "cpu")
-    assert "dclip models download facenet-vggface2" in (info.value.hint or "")
+    assert "dclip models fetch facenet-vggface2" in (info.value.hint or "")
     broken = tmp_path / "broken.pt"
     torch.save({"conv.weight": torch.zeros(1)}, broken)
     with pytest.raises(StateDictMismatchError, match="does not fit InceptionResnetV1"):

@@ -31,7 +31,7 @@ Examples:
 
   dclip models path celeba_hq
 
-  DCLIP_OFFLINE=1 dclip edit face.png --preset face --edit pixar
+  DCLIP_OFFLINE=1 dclip edit face.png --domain face --to pixar
 """
 
 NamesArg = Annotated[

@@ -144,7 +144,7 @@ def build_facenet(weights_path: str | os.PathLike[str], device: Any = None) -> F
     if not path.is_file():
         raise CheckpointError(
             f"The identity-network weights {str(path)!r} do not exist.",
-            hint="Run `dclip models download facenet-vggface2`, or set the identity weight to 0.",
+            hint="Run `dclip models fetch facenet-vggface2`, or set the identity weight to 0.",
         )
     try:
         loaded: Any = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -157,7 +157,7 @@ def build_facenet(weights_path: str | os.PathLike[str], device: Any = None) -> F
     except (RuntimeError, OSError, KeyError, ValueError, EOFError) as exc:
         raise CheckpointError(
             f"The identity-network file {str(path)!r} could not be read ({type(exc).__name__}: {exc}).",
-            hint="Delete it and download it again with `dclip models download facenet-vggface2`.",
+            hint="Delete it and download it again with `dclip models fetch facenet-vggface2`.",
         ) from exc
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]

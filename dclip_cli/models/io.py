@@ -82,7 +82,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     if not path.is_file():
         raise CheckpointError(
             f"Checkpoint file {path} does not exist.",
-            hint="Check the path, or fetch it with 'dclip models download'.",
+            hint="Check the path, or fetch it with 'dclip models fetch NAME'.",
         )
     metadata: dict[str, str] = {}
     try:
