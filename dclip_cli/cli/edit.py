@@ -47,7 +47,7 @@ Examples:
 
   dclip edit photo.png --to gothic --domain church --strength 0.7 --t0 500 --steps 20
 
-  dclip edit photo.png --to smiling --model my_smile.safetensors --latent photo.latent.pt
+  dclip edit photo.png --to smiling --model my_smile.safetensors --latent photo.latent.safetensors
 """
 
 _PHASE_LABELS = {
