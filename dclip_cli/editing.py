@@ -2384,7 +2384,7 @@ def score_images(
     src: str,
     trg: str,
     domain: str | None = None,
-    size: int = 256,
+    size: int | None = None,
     metrics: Sequence[str] = ALL_METRICS,
     device: str | None = "auto",
     clip_model: str = DEFAULT_CLIP_MODEL,
@@ -2404,8 +2404,8 @@ def score_images(
 
     session = session or Session(device=device, clip_model=clip_model, reporter=reporter)
     preset = session.preset(domain) if domain is not None else None
-    if preset is not None:
-        size = preset.image_size
+    if size is None:
+        size = preset.image_size if preset is not None else 256
     aligner = None
     if preset is not None and preset.preprocess == "align" and preset.aligner:
         aligner = session.registry.aligners.get(preset.aligner)

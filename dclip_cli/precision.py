@@ -213,7 +213,8 @@ class OptimizedEpsModel(nn.Module):
         cache_weights: in calls without gradient, run a low-precision twin of the model whose convolution and
             linear weights were cast once (autocast would cast them again at every call). The twin gives the
             same results as autocast, costs half the model's memory, is rebuilt when the weights change (in-place
-            updates, ``load_state_dict``, ``.to()``), and is never used when gradients are enabled.
+            updates, ``load_state_dict``, ``.to()``; after writes through ``.data``, call :meth:`invalidate`),
+            and is never used when gradients are enabled.
 
     Autocast follows the input's device type.
     """
@@ -262,6 +263,14 @@ class OptimizedEpsModel(nn.Module):
         """The wrapped model or callable."""
         model = self._modules.get("model")
         return model if model is not None else self.__dict__["_fn"]  # type: ignore[return-value]
+
+    def invalidate(self) -> None:
+        """Drop the cached low-precision weights, so the next call rebuilds them from the current weights.
+
+        Optimizer steps, in-place tensor operations, ``load_state_dict`` and ``.to()`` are detected by themselves;
+        call this after changing weights through ``.data`` (which bypasses PyTorch's version counters).
+        """
+        self.__dict__["_twin"] = None
 
     def _weights_key(self, model: nn.Module) -> tuple[Any, ...]:
         # parameter identity (replaced by .to() or assignment), in-place version counter, dtype and device

@@ -233,6 +233,11 @@ def test_unreadable_and_missing_files(tmp_path: Path) -> None:
     cut.write_bytes(st.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match="safetensors"):
         load_diffusion_model(cut)
+    png = tmp_path / "photo.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    with pytest.raises(CheckpointError, match="is not a PyTorch or safetensors checkpoint") as info:
+        load_diffusion_model(png)
+    assert not isinstance(info.value, UnsafeCheckpointError)
     not_model = tmp_path / "other.pt"
     torch.save({"fc.weight": torch.zeros(2, 2)}, not_model)
     with pytest.raises(StateDictMismatchError, match="neither a DDPM nor an ADM"):

@@ -355,3 +355,20 @@ def test_cli_option_aliases() -> None:
     assert seen == {"precision": torch.bfloat16, "compile": True, "checkpointing": True}
     result = runner.invoke(app, ["--precision", "fp8"])
     assert result.exit_code == 2 and "fp8" in result.output
+
+
+def test_invalidate_after_writes_through_data() -> None:
+    """``.data`` writes bypass version counters: invalidate() makes the cached bf16 weights follow them."""
+    model = make_tiny_model("ddpm", seed=0)
+    fast = precision.optimize_model(model, precision="bf16", channels_last=False)
+    x = torch.randn((1, 3, 16, 16), generator=torch.Generator().manual_seed(0))
+    t = torch.full((1,), 300.0)
+    with torch.no_grad():
+        before = fast(x, t)
+        for p in model.parameters():
+            p.data.mul_(0.5)
+        fast.invalidate()
+        after = fast(x, t)
+        fresh = precision.optimize_model(model, precision="bf16", channels_last=False)(x, t)
+    assert not torch.equal(before, after)
+    assert torch.equal(after, fresh)

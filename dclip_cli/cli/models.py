@@ -154,7 +154,7 @@ def fetch(
         bool, typer.Option("--all", help="Fetch every registered checkpoint that has a URL.")
     ] = False,
 ) -> None:
-    """Download checkpoints into the cache (verified; resumable; DCLIP_MIRROR is tried first)."""
+    """Download checkpoints into the cache (verified; dropped connections resume; DCLIP_MIRROR first)."""
     from rich.markup import escape
 
     from dclip_cli import api, console

@@ -37,11 +37,11 @@ def score_command(
     trg: Annotated[str, typer.Option("--trg", help="Target text, e.g. 'smiling face'.", show_default=False)],
     domain: DomainOpt = None,
     size: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--size", min=32, help="Compare at this size (default 256; the preset's with --domain)."
+            "--size", min=32, help="Compare at this size (default: the preset's with --domain, else 256)."
         ),
-    ] = 256,
+    ] = None,
     clip_model: ClipModelOpt = "ViT-B/16",
     metrics: MetricsOpt = "all",
     as_json: JsonOpt = False,

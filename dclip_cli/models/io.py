@@ -105,6 +105,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
                 hint="The file may be truncated or corrupt; download it again.",
             ) from exc
         return strip_prefix(tensors), metadata
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        # neither a zip archive (torch.save since 1.6, TorchScript) nor a pickle (older torch.save)
+        raise CheckpointError(
+            f"{path} is not a PyTorch or safetensors checkpoint (it starts with {head[:8]!r}).",
+            hint="Check that you picked the right file; checkpoints are .ckpt/.pt/.pth/.safetensors weight files.",
+        )
     if _is_torchscript(path):
         try:
             with warnings.catch_warnings():
