@@ -43,7 +43,6 @@ def _oracle_rounds(image: Path, rounds: int, t0: int, seed: int) -> list[np.ndar
     from dclip_cli.diffusion.ddim import generate
     from dclip_cli.diffusion.schedule import alphas_cumprod
     from dclip_cli.images import load_and_prepare, to_pil
-
     from dclip_cli.latents import tensor_sha256
 
     base = make_tiny32(0)
