@@ -1560,7 +1560,8 @@ def _invert_and_reconstruct(
             if i in misses or (keep_rec and not had_rec[i]):
                 cache.put(
                     x0[i : i + 1].detach().cpu(), session.latent_key(str(base.sha256)), settings.t0,
-                    settings.n_inv_steps, x_lat[i : i + 1], x_rec[i : i + 1] if keep_rec else None,
+                    settings.n_inv_steps, x_lat[i : i + 1],
+                    x_rec[i : i + 1] if keep_rec and x_rec is not None else None,
                 )  # fmt: skip
     return x_lat, x_rec
 
