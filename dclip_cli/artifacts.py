@@ -304,23 +304,13 @@ def check_compatible(info: ArtifactInfo, base_model: nn.Module, *, base_sha256: 
 def _check_state_dict(
     info: ArtifactInfo, state: Mapping[str, torch.Tensor], reference: Mapping[str, Any]
 ) -> None:
-    missing = [k for k in reference if k not in state]
-    unexpected = [k for k in state if k not in reference]
-    wrong = [k for k in reference if k in state and tuple(state[k].shape) != tuple(reference[k].shape)]
-    if not (missing or unexpected or wrong):
+    from dclip_cli.models.build import state_dict_mismatch
+
+    problem = state_dict_mismatch(state, reference)
+    if problem is None:
         return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    if wrong:
-        k = wrong[0]
-        parts.append(
-            f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(reference[k].shape)})"
-        )
     raise IncompatibleModelError(
-        f"{info.path.name} does not fit the base model's architecture: {'; '.join(parts)} keys.",
+        f"{info.path.name} does not fit the base model's architecture: {problem}.",
         hint="Load it on the base it was fine-tuned from (for official models: the preset of its domain).",
     )
 

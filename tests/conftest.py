@@ -11,6 +11,9 @@ import pytest
 
 BUILTIN_PLUGINS = "face,dog,church,bedroom"
 
+#: shared fixtures (``clip_file``, ``world``: the tiny presets served by a local HTTP server)
+pytest_plugins = ["tests.support.editing"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Tiny models are dominated by per-op overhead: one thread is 5-10x faster than two on the 2-core CI box.

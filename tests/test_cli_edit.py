@@ -17,18 +17,6 @@ from dclip_cli.fileio import sha256_file
 from dclip_cli.presets.hookspecs import hookimpl
 from tests.support.editing import checkpoint_bytes, make_tiny32, setup_world, write_image
 from tests.support.http_server import FileServer
-from tests.support.tiny_clip import save_tiny_clip
-
-
-@pytest.fixture(scope="module")
-def clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip.pt")
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clip_file: Path):
-    with FileServer() as server:
-        yield setup_world(tmp_path, server, monkeypatch, clip_file)
 
 
 @pytest.fixture

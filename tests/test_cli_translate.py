@@ -6,26 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from dclip_cli.cli.app import app
-from tests.support.editing import make_tiny32, setup_world
-from tests.support.http_server import FileServer
-from tests.support.tiny_clip import save_tiny_clip
-
-
-@pytest.fixture(scope="module")
-def clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip.pt")
-
-
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clip_file: Path):
-    with FileServer() as server:
-        yield setup_world(tmp_path, server, monkeypatch, clip_file)
+from tests.support.editing import make_tiny32
 
 
 def run(world, *args: str):

@@ -251,18 +251,7 @@ def test_lpips_trunk_comes_through_the_checkpoint_store(
 
 def test_lpips_trunk_loads_from_torch_hub_cache() -> None:
     """A cached torchvision AlexNet file (its ``features.*`` part; the classifier is ignored) fills the trunk."""
-    g = torch.Generator().manual_seed(1)
-    shapes = {
-        0: (64, 3, 11, 11),
-        3: (192, 64, 5, 5),
-        6: (384, 192, 3, 3),
-        8: (256, 384, 3, 3),
-        10: (256, 256, 3, 3),
-    }
-    state = {}
-    for i, shape in shapes.items():
-        state[f"features.{i}.weight"] = torch.randn(shape, generator=g) * 0.05
-        state[f"features.{i}.bias"] = torch.randn(shape[0], generator=g) * 0.05
+    state = _alexnet_features(1)
     state["classifier.6.bias"] = torch.zeros(1000)
     path = trunk_weights_path("alex")
     path.parent.mkdir(parents=True)

@@ -246,23 +246,20 @@ def _listing(items: list[str]) -> str:
     return shown
 
 
-def check_state_dict(
-    module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str = "model"
-) -> None:
-    """Raise :class:`StateDictMismatchError` unless ``state_dict`` has exactly the keys and shapes of ``module``.
+def state_dict_mismatch(
+    state_dict: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]
+) -> str | None:
+    """Describe how ``state_dict`` differs from ``reference`` in keys and shapes, or return ``None`` if it fits.
 
-    The message lists missing keys, unexpected keys and wrong shapes (checkpoint vs model), at most eight of each.
+    The text lists missing keys, unexpected keys and wrong shapes (checkpoint vs model), at most eight of each.
     """
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
+    missing = [k for k in reference if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in reference]
     wrong = [
         f"{k} (checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)})"
-        for k, v in expected.items()
+        for k, v in reference.items()
         if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
     ]
-    if not (missing or unexpected or wrong):
-        return
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing key(s): {_listing(missing)}")
@@ -270,8 +267,19 @@ def check_state_dict(
         parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected)}")
     if wrong:
         parts.append(f"{len(wrong)} wrong shape(s): {_listing(wrong)}")
+    return "; ".join(parts) or None
+
+
+def check_state_dict(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str = "model"
+) -> None:
+    """Raise :class:`StateDictMismatchError` unless ``state_dict`` has exactly the keys and shapes of ``module``
+    (the message comes from :func:`state_dict_mismatch`)."""
+    problem = state_dict_mismatch(state_dict, module.state_dict())
+    if problem is None:
+        return
     raise StateDictMismatchError(
-        f"The checkpoint does not fit the {what}: " + "; ".join(parts) + ".",
+        f"The checkpoint does not fit the {what}: {problem}.",
         hint="Check the architecture settings (--arch-config) or that the file is a checkpoint of this model.",
     )
 

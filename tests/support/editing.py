@@ -12,11 +12,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -170,3 +172,20 @@ def setup_world(
     install(presets, make_specs(server), monkeypatch)
     image = write_image(root / "in" / "photo.png")
     return TinyWorld(root=root, server=server, clip=clip, image=image, images=[image])
+
+
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny CLIP saved once per test module (for ``--clip-model``)."""
+    from tests.support.tiny_clip import save_tiny_clip
+
+    return save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny_clip.pt")
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clip_file: Path) -> Iterator[TinyWorld]:
+    """The tiny presets served by a local HTTP server, with one input image (see :func:`setup_world`)."""
+    from tests.support.http_server import FileServer
+
+    with FileServer() as server:
+        yield setup_world(tmp_path, server, monkeypatch, clip_file)
