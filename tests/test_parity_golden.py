@@ -88,10 +88,19 @@ def test_one_finetuning_image_matches_the_original(tmp_path: Path, mode: str, ke
     losses: list[dict] = []
     tuned = finetune(base, x0, x_lat, src_text="face", trg_text="smiling face", clip_loss=DirectionalCLIPLoss(clip),
                      config=config, callback=lambda info: info["losses"] and losses.append(info["losses"]))  # fmt: skip
-    assert losses[-1]["total"] == pytest.approx(GOLDEN[f"{key}_loss"], rel=1e-5)
-    assert losses[-1]["clip"] == pytest.approx(GOLDEN[f"{key}_clip_term"], rel=1e-5)
+    # Tolerances per mode. The original mode's loss is computed before its one optimizer step, so it depends only
+    # on fp32 convolution rounding: 1e-5 relative. The efficient mode takes an Adam step at each of its 4 timesteps
+    # and reports the last loss after 3 of them; Adam's first step moves every weight by about lr = 1e-3 whatever
+    # the size of its gradient, so weights whose gradient is pure rounding noise move one way or the other
+    # depending on the CPU's convolution kernels (oneDNN's AMX, AVX512 and AVX2 code round differently). Measured:
+    # AMD Zen 4 matches the golden data bit for bit; an Intel Xeon with AMX is off by 4e-5 (loss), 6e-5 (CLIP
+    # term), 1.9e-4 (weight sum) and 6e-7 (bias). The bounds below sit 5-10x above that noise and still fail for
+    # a parity break: t0 off by one moves the loss by 7.6e-3 and the weight sum by 4.7e-3, a learning rate 10 %
+    # off moves the loss by 8.4e-4, an L1 weight 1 % off moves it by 2.5e-3.
+    rel, wsum_atol, bias_atol = (1e-5, 1e-5, 1e-6) if mode == "original" else (4e-4, 1e-3, 1e-5)
+    assert losses[-1]["total"] == pytest.approx(GOLDEN[f"{key}_loss"], rel=rel)
+    assert losses[-1]["clip"] == pytest.approx(GOLDEN[f"{key}_clip_term"], rel=rel)
     state = tuned.unet.state_dict()
-    assert _close(
-        float(state["conv_out.weight"].double().sum()), GOLDEN[f"{key}_conv_out_weight_sum"], rel=1e-5
-    )
-    assert torch.allclose(state["conv_out.bias"], torch.tensor(GOLDEN[f"{key}_conv_out_bias"]), atol=1e-6)
+    wsum = float(state["conv_out.weight"].double().sum())
+    assert abs(wsum - GOLDEN[f"{key}_conv_out_weight_sum"]) <= wsum_atol * max(1.0, abs(wsum))
+    assert torch.allclose(state["conv_out.bias"], torch.tensor(GOLDEN[f"{key}_conv_out_bias"]), atol=bias_atol)
