@@ -364,7 +364,7 @@ def make_clip_loss(kind: str, device: torch.device) -> tuple[Callable, str]:
 
 def finetune_child(params: dict[str, Any]) -> dict[str, Any]:
     """One fine-tuning measurement in this (fresh) process; returns the record."""
-    from dclip_cli.finetune import FinetuneConfig, finetune
+    from dclip_cli.training import FinetuneConfig, finetune
 
     device = torch.device(params["device"])
     if params.get("threads"):

@@ -39,6 +39,45 @@ _SAMPLE = Path(__file__).resolve().parent / "data" / "face.png"
 # --------------------------------------------------------------------------------------------------- loading
 
 
+#: file extensions picked up when a directory is given as input
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+def expand_inputs(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, hint: str = "Check the path."
+) -> list[Path]:
+    """Expand directories into the image files directly inside them (sorted, not recursive); files are kept as
+    given, duplicates dropped. This is how every command reads its image arguments (and ``--images``).
+
+    Raises:
+        ImageError: a path does not exist (``hint`` says what to pass), or a directory holds no images.
+    """
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    result: list[Path] = []
+    for raw in items:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ImageError(
+                    f"The directory {path} contains no images.",
+                    hint=f"Supported extensions: {', '.join(IMAGE_SUFFIXES)}.",
+                )
+            result.extend(found)
+        elif path.exists():
+            result.append(path)
+        else:
+            raise ImageError(f"The input {path} does not exist.", hint=hint)
+    seen: set[Path] = set()
+    unique = []
+    for p in result:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """Read an image file as an RGB PIL image.
 

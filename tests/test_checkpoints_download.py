@@ -55,7 +55,7 @@ def leftovers(folder: Path) -> list[str]:
 def test_fresh_download_verifies_records_and_reports_progress(server: FileServer) -> None:
     url = server.add("/a/tiny.ckpt", DATA)
     seen: list[tuple[int, int | None]] = []
-    path = download.fetch(spec_for(url), on_progress=lambda done, total: seen.append((done, total)))
+    path = download.fetch(spec_for(url), progress=lambda e: seen.append((e.done, e.total)))
     assert path == cache.cache_dir() / "checkpoints" / "tiny.ckpt"
     assert path.read_bytes() == DATA
     meta = json.loads(cache.meta_path(path).read_text())
@@ -98,7 +98,7 @@ def test_server_that_ignores_range_is_restarted_from_zero(server: FileServer) ->
     server.misbehave("/a/tiny.ckpt", drop_after=150_000)
     server.misbehave("/a/tiny.ckpt", ignore_range=True)
     seen: list[int] = []
-    path = download.fetch(spec_for(url), on_progress=lambda done, total: seen.append(done))
+    path = download.fetch(spec_for(url), progress=lambda e: seen.append(e.done))
     assert path.read_bytes() == DATA  # not the first part twice
     reqs = server.requests_for("/a/tiny.ckpt")
     assert len(reqs) == 2 and reqs[1].headers["Range"].startswith("bytes=")
@@ -265,8 +265,8 @@ def test_hand_placed_file_is_verified_once(server: FileServer) -> None:
 
 
 def test_names_that_escape_the_cache_are_refused() -> None:
-    from dclip_cli.checkpoints.store import get_spec
     from dclip_cli.errors import CheckpointError
+    from dclip_cli.store import get_spec
 
     for bad in ("../etc", "a/../../b", "/abs", "a/b/c", "a\\b", ""):
         with pytest.raises(ConfigError):

@@ -11,7 +11,8 @@ import platformdirs
 import pytest
 import torch
 
-from dclip_cli.checkpoints import builtin, cache, download, store
+from dclip_cli import store
+from dclip_cli.checkpoints import builtin, cache
 from dclip_cli.checkpoints.registry import CheckpointSpec, Mirror
 from dclip_cli.errors import (
     CheckpointError,
@@ -114,7 +115,7 @@ def test_list_verify_rm_round_trip(tmp_path: Path) -> None:
         manager.register_plugin("t", SpecPlugin(spec))
         rows = {r.name: r for r in store.list_models()}
         assert rows["tiny"].cached is False and rows["tiny"].verified is None
-        path = download.fetch("tiny")
+        path = store.fetch("tiny")
     rows = {r.name: r for r in store.list_models()}
     assert rows["tiny"].cached and rows["tiny"].verified is True and rows["tiny"].size == len(data)
     assert rows["tiny"].sha256 == hashlib.sha256(data).hexdigest() and rows["tiny"].path == path
@@ -153,7 +154,7 @@ def test_import_registered_checkpoint_checks_format_and_hash(tmp_path: Path) -> 
     assert dest == cache.checkpoint_path(spec) and dest.read_bytes() == good.read_bytes()
     meta = cache.read_meta(dest)
     assert meta is not None and meta.source == "import" and meta.pinned and meta.sha256 == sha(good)
-    assert download.fetch("base", offline=True) == dest  # usable offline right away
+    assert store.fetch("base", offline=True) == dest  # usable offline right away
     assert store.verify("base").checked == "pinned sha256, recorded sha256"
 
     with pytest.raises(OutputExistsError, match="already stored"):

@@ -23,7 +23,7 @@ from tests.support.http_server import FileServer
 def finetune_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Count the calls of run_finetune (the real function still runs)."""
     calls: list[dict] = []
-    finetune_mod = importlib.import_module("dclip_cli.finetune")
+    finetune_mod = importlib.import_module("dclip_cli.training")
     real = finetune_mod.run_finetune
 
     def spy(*args, **kwargs):
@@ -141,8 +141,8 @@ def test_sidecar_and_compare(world) -> None:
         "--t0", "150", "--steps", "2", "--eta", "0.5", "--seed", "3", "--metrics", "clip,psnr",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    out = world.image.with_name("photo.face-with-blue-hair.png")
-    compare = world.image.with_name("photo.face-with-blue-hair.compare.png")
+    out = world.image.with_name("photo.face_with_blue_hair.png")
+    compare = world.image.with_name("photo.face_with_blue_hair.compare.png")
     assert result.stdout.split() == [str(out), str(compare)]
     assert Image.open(compare).width > 3 * 32
     doc = json.loads(out.with_suffix(".json").read_text())

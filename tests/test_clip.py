@@ -26,12 +26,12 @@ from dclip_cli.losses.clip import (
     clip_registry_name,
     clip_term,
     directional_similarity,
-    load_clip,
     text_direction,
     text_similarity,
     zero_shot,
 )
 from dclip_cli.losses.templates import IMAGENET_TEMPLATES, format_templates
+from dclip_cli.store import load_clip
 from tests.support.tiny_clip import (
     TINY_CLIP_EMBED_DIM,
     TINY_CLIP_IMAGE_SIZE,

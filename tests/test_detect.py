@@ -12,7 +12,7 @@ from dclip_cli.cli.app import app
 from dclip_cli.detect import detect_domain, score_domains
 from dclip_cli.errors import DomainDetectionError, UnknownPresetError
 from dclip_cli.images import load_and_prepare
-from dclip_cli.losses.clip import load_clip
+from dclip_cli.store import load_clip
 from tests.support.editing import setup_world, tiny_preset, write_image
 from tests.support.http_server import FileServer
 from tests.support.tiny_clip import save_tiny_clip

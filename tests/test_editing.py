@@ -1,4 +1,4 @@
-"""Library-level tests of dclip_cli.editing: parsers, target resolution, output planning, pipelines."""
+"""Library-level tests of the applications' pieces: parsers, target resolution, output planning, sessions."""
 
 from __future__ import annotations
 
@@ -8,22 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dclip_cli.editing import (
-    MixEntry,
-    Reporter,
-    Session,
-    check_strength,
-    default_mix_schedule,
-    expand_inputs,
-    find_library_match,
-    format_mix_schedule,
-    parse_metrics,
-    parse_mix_schedule,
-    parse_sweep,
-    plan_outputs,
-    resolve_target,
-    slugify,
-)
+from dclip_cli.apps.config import check_strength, parse_metrics, parse_sweep
+from dclip_cli.apps.schedule import MixEntry, default_mix_schedule, format_mix_schedule, parse_mix_schedule
+from dclip_cli.apps.session import Session
 from dclip_cli.errors import (
     ConfigError,
     ImageError,
@@ -32,8 +19,14 @@ from dclip_cli.errors import (
     OutputExistsError,
     UnknownEditError,
 )
+from dclip_cli.images import expand_inputs
 from dclip_cli.metrics import MetricModels, compute_metrics, identity_similarity, mean_metrics, psnr
+from dclip_cli.outputs import plan_images as plan_outputs
 from dclip_cli.presets.preset import Edit, Preset
+from dclip_cli.progress import Reporter
+from dclip_cli.store import find_match as find_library_match
+from dclip_cli.textedit import parse_target as resolve_target
+from dclip_cli.textedit import slugify
 
 
 def _preset() -> Preset:
@@ -142,7 +135,13 @@ def test_named_and_free_text_targets() -> None:
     t = resolve_target(p, "curly_hair")
     assert (t.key, t.src, t.trg, t.tag) == ("curly_hair", "person", "person with curly hair", "curly_hair")
     t = resolve_target(p, "Face with Blue Eyes!")
-    assert (t.key, t.src, t.trg, t.tag) == (None, "face", "Face with Blue Eyes!", "face-with-blue-eyes")
+    assert (t.key, t.src, t.trg, t.tag) == (
+        "face_with_blue_eyes",
+        "face",
+        "Face with Blue Eyes!",
+        "face_with_blue_eyes",
+    )
+    assert not t.named and resolve_target(p, "curly_hair").named
     t = resolve_target(p, "zombie", src="photo")
     assert (t.src, t.trg) == ("photo", "zombie")  # a single word far from any key is free text
     assert resolve_target(p, "smiling", src="face").key == "smiling"  # the same source text is fine
@@ -161,8 +160,10 @@ def test_unknown_edit_and_conflicts() -> None:
 
 
 def test_slugify() -> None:
-    assert slugify("  Person with CURLY hair ") == "person-with-curly-hair"
-    assert slugify("!!!") == "edit"
+    """One rule for output tags, library names and artifact names (free text -> underscores)."""
+    assert slugify("  Person with CURLY hair ") == "person_with_curly_hair"
+    assert slugify("Gothic  church!") == "gothic_church"
+    assert slugify("!!!").startswith("edit_") and slugify("!!!") != slugify("???")
     assert len(slugify("x" * 100)) == 48
 
 
@@ -278,7 +279,8 @@ def test_compute_metrics_with_real_lpips_and_an_embedding_net() -> None:
 
 
 def test_compute_metrics_clip_terms_match_the_loss_module(tmp_path: Path) -> None:
-    from dclip_cli.losses.clip import directional_similarity, load_clip, text_similarity
+    from dclip_cli.losses.clip import directional_similarity, text_similarity
+    from dclip_cli.store import load_clip
     from tests.support.tiny_clip import save_tiny_clip
 
     clip = load_clip(save_tiny_clip(tmp_path / "c.pt"), device="cpu")
@@ -316,7 +318,7 @@ class _Recorder(Reporter):
 def test_missing_metric_networks_are_skipped_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DCLIP_OFFLINE", "1")  # LPIPS trunk and CLIP are not cached and may not be downloaded
     rec = _Recorder()
-    session = Session(device="cpu", reporter=rec)
+    session = Session(device="cpu", progress=rec)
     models = session.metric_models(None, ["clip", "lpips", "psnr"])
     assert models.clip is None and models.lpips is None
     assert any(w.startswith("CLIP metrics skipped:") for w in rec.warnings)
@@ -360,7 +362,6 @@ def test_find_library_match(tmp_path: Path) -> None:
 
 def test_session_keeps_few_fast_wrappers() -> None:
     """A reused session does not keep every edit model (and its bf16 weight copy) alive."""
-    from dclip_cli.editing import Session
     from tests.support.tiny import make_tiny_model
 
     session = Session(device="cpu", precision="bf16")

@@ -13,9 +13,13 @@ from torch import nn
 from dclip_cli.diffusion.ddim import ddim_step, generate, invert, timestep_tensor
 from dclip_cli.diffusion.schedule import alpha_bar, generation_pairs
 from dclip_cli.errors import ConfigError, InvalidScheduleError
-from dclip_cli.finetune import FinetuneConfig, TrainingState, finetune, resolve_pairs, slugify
-from dclip_cli.losses.clip import DirectionalCLIPLoss, clip_term, load_clip
+from dclip_cli.losses.clip import DirectionalCLIPLoss, clip_term
 from dclip_cli.losses.identity import IdentityLoss
+from dclip_cli.progress import Event
+from dclip_cli.store import load_clip
+from dclip_cli.textedit import slugify
+from dclip_cli.textedit import training_edits as resolve_pairs
+from dclip_cli.training import FinetuneConfig, TrainingState, finetune
 from tests.support.finetune import TinyFaceNet
 from tests.support.tiny import TINY_SIZE, make_tiny_model
 from tests.support.tiny_clip import save_tiny_clip
@@ -273,7 +277,7 @@ def test_config_from_preset_and_pairs() -> None:
     pairs = resolve_pairs(
         face, edits=["smiling"], texts=["Angry face!", "angry face"], pairs=[("dog", "cat")]
     )
-    assert [(p.key, p.src_text, p.trg_text) for p in pairs] == [
+    assert [(p.key, p.src, p.trg) for p in pairs] == [
         ("smiling", face.edit("smiling").src, face.edit("smiling").trg),
         ("angry_face", face.source_text, "Angry face!"),
         ("angry_face-2", face.source_text, "angry face"),
@@ -310,13 +314,13 @@ def test_run_finetune_end_to_end_and_latent_cache(tiny, tmp_path, short_clip_los
     from dclip_cli.artifacts import load_artifact, read_artifact
     from dclip_cli.checkpoints.cache import library_dir, read_meta
     from dclip_cli.fileio import sha256_file
-    from dclip_cli.finetune import run_finetune
+    from dclip_cli.training import run_finetune
 
-    events: list[dict] = []
+    events: list[Event] = []
     out = tmp_path / "out"
     kw = {"n_samples": 2, "n_preview": 1, "clip_loss": short_clip_loss, "clip_model": "tiny", "device": "cpu"}
     result = run_finetune("tinycat", texts=["tiger cat"], overrides={"epochs": 2}, output=out, library=True,
-                          callback=events.append, **kw)  # fmt: skip
+                          progress=events.append, **kw)  # fmt: skip
     (pair,) = result.pairs
     assert result.base_sha256 == tiny.sha256 and result.base_checkpoint == "tinycat_base"
     assert (result.n_images, result.cache_hits, result.cache_misses) == (2, 0, 3)
@@ -335,39 +339,39 @@ def test_run_finetune_end_to_end_and_latent_cache(tiny, tmp_path, short_clip_los
     assert run["status"] == "done" and run["epochs_done"] == 2 and len(run["epoch_losses"]) == 2
     assert not (pair.run_dir / "state.pt").exists()
     assert set(pair.losses) == {"clip", "total"} and pair.losses == run["epoch_losses"][-1]
-    kinds = [e["kind"] for e in events]
+    kinds = [e.kind for e in events]
     assert kinds.count("epoch_end") == 2 and kinds.count("step") == 2 * 2 * 2 and kinds[-1] == "pair_end"
-    assert [e["phase"] for e in events if e["kind"] == "progress"][-1] == "invert"
+    assert [e.data["phase"] for e in events if e.kind == "progress"][-1] == "invert"
     # the artifact loads on the base it came from and differs from it
     tuned = load_artifact(lib, tiny.model, base_sha256=tiny.sha256)
     assert any(not torch.equal(v, tiny.model.state_dict()[k]) for k, v in tuned.state_dict().items())
     _no_partial_files(tmp_path, library_dir())
 
     # a second run reuses the inverted latents (training and preview samples)
-    assert any(e.get("message", "").startswith("Drawing 3 sample") for e in events)
+    assert any(e.message.startswith("Drawing 3 sample") for e in events)
     events.clear()
     again = run_finetune(
-        "tinycat", texts=["tiger cat"], output=out, overwrite=True, callback=events.append, **kw
+        "tinycat", texts=["tiger cat"], output=out, overwrite=True, progress=events.append, **kw
     )
     assert (again.cache_hits, again.cache_misses) == (3, 0)
-    assert not any(e.get("message", "").startswith("Drawing") for e in events)  # the samples are cached too
+    assert not any(e.message.startswith("Drawing") for e in events)  # the samples are cached too
 
 
 def test_interrupt_leaves_no_artifact_then_resume(tiny, tmp_path, short_clip_loss) -> None:
     from dclip_cli.checkpoints.cache import library_dir
     from dclip_cli.errors import OutputExistsError
-    from dclip_cli.finetune import run_finetune
+    from dclip_cli.training import run_finetune
 
     kw = {"n_samples": 1, "n_preview": 0, "clip_loss": short_clip_loss, "clip_model": "tiny", "device": "cpu",
           "overrides": {"epochs": 2, "mode": "efficient"}, "run_dir": tmp_path / "run"}  # fmt: skip
     target = tmp_path / "tiger.safetensors"
 
-    def interrupt(event: dict) -> None:
-        if event["kind"] == "step" and event["epoch"] == 1:
+    def interrupt(event: Event) -> None:
+        if event.kind == "step" and event.data["epoch"] == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_finetune("tinycat", edits=["tiger"], output=target, callback=interrupt, **kw)
+        run_finetune("tinycat", edits=["tiger"], output=target, progress=interrupt, **kw)
     assert not target.exists() and not (library_dir() / "tinycat").exists()
     _no_partial_files(tmp_path, library_dir())
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
@@ -389,7 +393,7 @@ def test_several_pairs_each_from_the_base_and_photos(tiny, tmp_path, short_clip_
     from PIL import Image
     from safetensors.torch import load_file
 
-    from dclip_cli.finetune import run_finetune
+    from dclip_cli.training import run_finetune
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -421,7 +425,7 @@ def test_several_pairs_each_from_the_base_and_photos(tiny, tmp_path, short_clip_
 
 def test_identity_and_lpips_terms_are_built_only_when_weighted(tmp_path, short_clip_loss) -> None:
     from dclip_cli.artifacts import read_artifact
-    from dclip_cli.finetune import run_finetune
+    from dclip_cli.training import run_finetune
     from tests.support.finetune import tiny_preset
 
     with tiny_preset(tmp_path / "p", name="tinyface", identity_model="tinyface-face", id_weight=0.5) as t:
@@ -448,7 +452,7 @@ def test_identity_and_lpips_terms_are_built_only_when_weighted(tmp_path, short_c
 
 def test_run_with_an_already_loaded_base_model(tiny, tmp_path, short_clip_loss) -> None:
     """The on-the-fly path of `dclip edit`: a loaded base, the fine-tuned model returned in memory."""
-    from dclip_cli.finetune import run_finetune
+    from dclip_cli.training import run_finetune
 
     kw = {"n_samples": 1, "n_preview": 0, "clip_loss": short_clip_loss, "clip_model": "tiny"}
     before = {k: v.clone() for k, v in tiny.model.state_dict().items()}

@@ -19,6 +19,7 @@ from dclip_cli.losses.identity import (
     identity_window,
 )
 from dclip_cli.losses.lpips import LPIPSLoss, trunk_weights_path
+from dclip_cli.store import load_lpips
 
 SCALE = 127.5 / 128.0
 
@@ -209,7 +210,7 @@ def test_lpips_trunk_offline_without_cache_names_the_fetch_command(monkeypatch: 
     path = trunk_weights_path("alex")
     assert not path.exists() and path.name == "alexnet-owt-7be5be79.pth"
     with pytest.raises(CheckpointNotCachedError) as info:
-        LPIPSLoss("alex")
+        load_lpips("alex")
     text = str(info.value) + " " + (info.value.hint or "")
     assert "alexnet-owt-7be5be79.pth" in text and "dclip models fetch lpips-alex" in text
 
@@ -236,14 +237,14 @@ def test_lpips_trunk_comes_through_the_checkpoint_store(
     """Without torch hub's copy, the trunk is fetched by dclip's store (here from a DCLIP_MIRROR folder) into the
     dclip cache, not printed about on stdout by torch hub."""
     from dclip_cli.checkpoints.cache import checkpoint_path
-    from dclip_cli.checkpoints.store import get_spec
+    from dclip_cli.store import get_spec
 
     state = _alexnet_features(3)
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     torch.save(state, mirror / "alexnet-owt-7be5be79.pth")
     monkeypatch.setenv("DCLIP_MIRROR", str(mirror))
-    loss = LPIPSLoss("alex")
+    loss = load_lpips("alex")
     assert torch.equal(loss.lpips.net.slice1[0].weight, state["features.0.weight"])
     assert checkpoint_path(get_spec("lpips-alex")).is_file()
     assert not trunk_weights_path("alex").exists()
@@ -257,7 +258,7 @@ def test_lpips_trunk_loads_from_torch_hub_cache() -> None:
     path.parent.mkdir(parents=True)
     torch.save(state, path)
 
-    loss = LPIPSLoss("alex", offline=True)
+    loss = load_lpips("alex", offline=True)
     net = loss.lpips.net
     assert torch.equal(net.slice1[0].weight, state["features.0.weight"])
     assert torch.equal(net.slice2[1].weight, state["features.3.weight"])  # child "3" of slice2
@@ -267,4 +268,4 @@ def test_lpips_trunk_loads_from_torch_hub_cache() -> None:
     del state["features.8.weight"]
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="do not fit"):
-        LPIPSLoss("alex", offline=True)
+        load_lpips("alex", offline=True)

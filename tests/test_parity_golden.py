@@ -73,8 +73,9 @@ def test_model_ratio_matches_the_original() -> None:
 @pytest.mark.parametrize("mode, key", [("original", "ft"), ("efficient", "ft_eff")])
 def test_one_finetuning_image_matches_the_original(tmp_path: Path, mode: str, key: str) -> None:
     """Last loss value and updated weights after one image in each mode (parity KEEP 7-12; ``finetune_note``)."""
-    from dclip_cli.finetune import FinetuneConfig, finetune
-    from dclip_cli.losses.clip import DirectionalCLIPLoss, load_clip
+    from dclip_cli.losses.clip import DirectionalCLIPLoss
+    from dclip_cli.store import load_clip
+    from dclip_cli.training import FinetuneConfig, finetune
     from tests.support.tiny import TINY_SIZE
     from tests.support.tiny_clip import save_tiny_clip
 
@@ -103,4 +104,6 @@ def test_one_finetuning_image_matches_the_original(tmp_path: Path, mode: str, ke
     state = tuned.unet.state_dict()
     wsum = float(state["conv_out.weight"].double().sum())
     assert abs(wsum - GOLDEN[f"{key}_conv_out_weight_sum"]) <= wsum_atol * max(1.0, abs(wsum))
-    assert torch.allclose(state["conv_out.bias"], torch.tensor(GOLDEN[f"{key}_conv_out_bias"]), atol=bias_atol)
+    assert torch.allclose(
+        state["conv_out.bias"], torch.tensor(GOLDEN[f"{key}_conv_out_bias"]), atol=bias_atol
+    )

@@ -14,7 +14,9 @@
 7. the verified file is renamed into place with ``os.replace`` and its SHA-256 recorded beside it; the temporary
    file is removed in ``finally`` whatever happens.
 
-Progress goes through ``on_progress(done_bytes, total_bytes_or_None)``; this module never prints.
+Progress goes out as ``download`` events of :mod:`dclip_cli.progress` (``done``/``total`` bytes, labelled with the
+checkpoint name); this module never prints. It works on a :class:`CheckpointSpec`; looking a name up (core and plugin
+registrations) is the job of :func:`dclip_cli.store.fetch`.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ from dclip_cli.errors import (
     ChecksumMismatchError,
     DownloadError,
 )
+from dclip_cli.progress import ProgressCallback, Reporter
 
-ProgressCallback = Callable[[int, "int | None"], None]
+ByteProgress = Callable[[int, "int | None"], None]
 
 _TRUE = {"1", "true", "yes", "on"}
 _GIVE_UP_STATUS = {401, 403, 404, 410}
@@ -140,20 +143,20 @@ def sources(spec: CheckpointSpec) -> list[Source]:
 
 
 def fetch(
-    name_or_spec: str | CheckpointSpec,
+    spec: CheckpointSpec,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
-    on_progress: ProgressCallback | None = None,
+    progress: Reporter | ProgressCallback | None = None,
     offline: bool | None = None,
     settings: DownloadSettings | None = None,
 ) -> Path:
     """Return the cached path of a checkpoint, downloading and verifying it first if needed.
 
     Args:
-        name_or_spec: registry name (``celeba_hq``, ``ViT-B/16``) or a :class:`CheckpointSpec`.
+        spec: what to fetch.
         cache_dir: cache root; default :func:`dclip_cli.checkpoints.cache.cache_dir`.
-        on_progress: called as ``on_progress(done_bytes, total_bytes_or_None)`` while downloading; ``done``
-            can go back to 0 when a server forces a restart.
+        progress: receives ``download`` events labelled with the file name (``done``/``total`` bytes; ``done``
+            can go back to 0 when a server forces a restart).
         offline: forbid network access; default from ``DCLIP_OFFLINE``.
         settings: timeouts, retries and back-off; default :data:`SETTINGS`.
 
@@ -161,18 +164,14 @@ def fetch(
         The path of the verified file inside the cache.
 
     Raises:
-        UnknownCheckpointError: no registry entry has that name.
         CheckpointNotCachedError: offline and the file is not cached, or the spec has no download URL.
         ChecksumMismatchError: the file arrived with the wrong size or hash (and was deleted), or a cached file
             no longer matches its pinned hash.
         DownloadError: every source failed; the message lists each failure.
     """
-    if isinstance(name_or_spec, CheckpointSpec):
-        spec = name_or_spec
-    else:
-        from dclip_cli.checkpoints.store import get_spec
-
-        spec = get_spec(name_or_spec)
+    if not isinstance(spec, CheckpointSpec):
+        raise TypeError("download.fetch takes a CheckpointSpec; use dclip_cli.store.fetch(name) for a name")
+    on_progress = Reporter.of(progress).download(spec.filename)
     settings = settings or SETTINGS
     dest = cache.checkpoint_path(spec, cache_dir)
     if dest.is_file():
@@ -304,7 +303,7 @@ def _download(
     spec: CheckpointSpec,
     dest: Path,
     todo: list[Source],
-    on_progress: ProgressCallback | None,
+    on_progress: ByteProgress | None,
     settings: DownloadSettings,
 ) -> Path:
     failures: list[str] = []
@@ -378,7 +377,7 @@ def _check_disk_space(folder: Path, size: int | None, spec: CheckpointSpec) -> N
         )
 
 
-def _copy_local(source: Source, tmp: Path, on_progress: ProgressCallback | None) -> str:
+def _copy_local(source: Source, tmp: Path, on_progress: ByteProgress | None) -> str:
     assert source.local is not None
     if not source.local.is_file():
         raise _SourceFailed("no such file")
@@ -397,7 +396,7 @@ def _download_source(
     session: requests.Session,
     source: Source,
     tmp: Path,
-    on_progress: ProgressCallback | None,
+    on_progress: ByteProgress | None,
     settings: DownloadSettings,
 ) -> str:
     """Stream one source into ``tmp`` (resuming across attempts); return the URL that finally served it."""
@@ -461,7 +460,7 @@ def _stream(
     tmp: Path,
     offset: int,
     size_hint: int | None,
-    on_progress: ProgressCallback | None,
+    on_progress: ByteProgress | None,
     settings: DownloadSettings,
 ) -> str | None:
     """Write a 200/206 response body into ``tmp``; return ``None`` when complete, else what went wrong."""
@@ -497,7 +496,7 @@ def _copy_body(
     out: IO[bytes],
     done: int,
     total: int | None,
-    on_progress: ProgressCallback | None,
+    on_progress: ByteProgress | None,
     settings: DownloadSettings,
 ) -> str | None:
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -56,96 +56,6 @@ def _format_losses(losses: dict[str, float] | None) -> str:
     if not losses:
         return ""
     return "  ".join(f"{k} {losses[k]:.4f}" for k in _LOSS_ORDER if k in losses)
-
-
-class _Display:
-    """Turns the events of ``run_finetune`` into one Rich progress display on stderr."""
-
-    def __init__(self) -> None:
-        from dclip_cli import console
-
-        self.console = console
-        self.progress = console.make_progress()
-        self.tasks: dict[str, Any] = {}
-        self.last_losses: dict[str, float] | None = None
-
-    def __enter__(self) -> _Display:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)  # type: ignore[arg-type]
-
-    def _print(self, text: str) -> None:
-        if not self.console.is_quiet():
-            self.progress.console.print(text, highlight=False)
-
-    def _task(self, name: str, description: str, total: float | None) -> Any:
-        task = self.tasks.get(name)
-        if task is None:
-            task = self.progress.add_task(description, total=total, status="")
-            self.tasks[name] = task
-        else:
-            self.progress.update(task, description=description, total=total)
-        return task
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        from rich.markup import escape
-
-        kind = event["kind"]
-        if kind == "status":
-            self._print(f"[dim]{escape(event['message'])}…[/dim]")
-        elif kind == "warning":
-            self.progress.console.print(
-                f"[yellow]Warning:[/yellow] {escape(event['message'])}", highlight=False
-            )
-        elif kind == "download":
-            task = self._task(f"download:{event['name']}", f"Downloading {event['name']}", event["total"])
-            self.progress.update(task, completed=event["done"])
-        elif kind == "progress":
-            labels = {"load": "Loading images", "sample": "Drawing samples", "invert": "Inverting images"}
-            task = self._task(event["phase"], labels.get(event["phase"], event["phase"]), event["total"])
-            self.progress.update(task, completed=event["done"])
-        elif kind == "pair_start":
-            self._pair_start(event)
-        elif kind == "step":
-            self._step(event)
-        elif kind == "epoch_end":
-            task = self.tasks["epochs"]
-            self.progress.update(task, completed=event["epoch"] + 1, status=_format_losses(event["losses"]))
-            preview = f"; preview {escape(str(event['preview']))}" if event.get("preview") else ""
-            self._print(
-                f"  epoch {event['epoch'] + 1}/{event['epochs']}: {_format_losses(event['losses'])}{preview}"
-            )
-
-    def _pair_start(self, event: dict[str, Any]) -> None:
-        from rich.markup import escape
-
-        pair, cfg = event["pair"], event["config"]
-        self._print(
-            f"[bold]Edit {event['index'] + 1}/{event['pairs']}[/bold] {escape(pair.key)}: "
-            f"{escape(repr(pair.src_text))} -> {escape(repr(pair.trg_text))} "
-            f"(t0 {cfg.t0}, {cfg.n_train_steps} steps, {cfg.mode}, lr {cfg.lr:g}; run folder "
-            f"{escape(str(event['run_dir']))})"
-        )
-        if event["start_epoch"]:
-            self._print(f"  resuming after epoch {event['start_epoch']}")
-        self._task("epochs", f"{pair.key}: epochs", cfg.epochs)
-        self.progress.update(self.tasks["epochs"], completed=event["start_epoch"], status="")
-        self._task("images", "  images", None)
-        self.progress.update(self.tasks["images"], completed=0)
-        self._task("steps", "  steps", cfg.n_train_steps)
-        self.progress.update(self.tasks["steps"], completed=0)
-
-    def _step(self, event: dict[str, Any]) -> None:
-        if event.get("losses") is not None:
-            self.last_losses = event["losses"]
-        status = f"{_format_losses(self.last_losses)}  lr {event['lr']:.3g}"
-        done = event["image"] + (event["batch_size"] if event["step"] == event["steps"] else 0)
-        self.progress.update(self.tasks["images"], total=event["images"], completed=done)
-        self.progress.update(
-            self.tasks["steps"], total=event["steps"], completed=event["step"], status=status
-        )
 
 
 def finetune_command(
@@ -237,6 +147,7 @@ def finetune_command(
 
     from dclip_cli import api, console
     from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
+    from dclip_cli.cli.display import Display
 
     if domain is None:
         raise typer.BadParameter("choose a domain, for example --domain face.", param_hint="'--domain'")
@@ -265,7 +176,7 @@ def finetune_command(
     }
     state = get_state(ctx)
     tune_runtime(state)
-    with _Display() as display:
+    with Display() as display:
         result = api.run_finetune(
             preset,
             edits=list(edit or []),
@@ -284,7 +195,7 @@ def finetune_command(
             run_dir=run_dir,
             resume=resume,
             n_preview=previews,
-            callback=display,
+            progress=display,
         )
 
     if not console.is_quiet():
@@ -300,7 +211,7 @@ def finetune_command(
         for r in result.pairs:
             table.add_row(
                 escape(r.pair.key),
-                escape(f"{r.pair.src_text} -> {r.pair.trg_text}"),
+                escape(f"{r.pair.src} -> {r.pair.trg}"),
                 str(r.config.epochs),
                 _format_losses(r.losses),
                 f"{r.seconds:.1f} s",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -52,28 +52,6 @@ ArchConfigOpt = Annotated[
 ]
 
 
-class _LazyDownloadBar:
-    """An ``on_progress`` callback that shows a download bar only once bytes actually arrive."""
-
-    def __init__(self, description: str) -> None:
-        self.description = description
-        self._cm: Any = None
-        self._cb: Any = None
-
-    def __call__(self, done: int, total: int | None) -> None:
-        if self._cm is None:
-            from dclip_cli import console
-
-            self._cm = console.download_progress(self.description)
-            self._cb = self._cm.__enter__()
-        self._cb(done, total)
-
-    def close(self) -> None:
-        if self._cm is not None:
-            self._cm.__exit__(None, None, None)
-            self._cm = None
-
-
 def invert_command(
     ctx: typer.Context,
     images: ImagesArg,
@@ -98,6 +76,7 @@ def invert_command(
 
     from dclip_cli import api, console
     from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
+    from dclip_cli.cli.display import Display
 
     if arch_config is not None and checkpoint is None:
         raise typer.BadParameter(
@@ -111,40 +90,14 @@ def invert_command(
     load_registry_with_warnings()
     state = get_state(ctx)
     tune_runtime(state)
-    download = _LazyDownloadBar(f"Downloading the {domain} checkpoint" if domain else "Downloading")
-    try:
-        with console.step_progress("Inverting") as advance:
-
-            def on_step(info: dict[str, Any]) -> None:
-                first, last, n = info["images"]
-                which = f"image {first + 1}" if last - first == 1 else f"images {first + 1}-{last}"
-                update: dict[str, Any] = {"status": f"{which}/{n}: {info['phase']} t={info['t']}"}
-                if first == 0 and info["phase"] == "invert" and info["step"] == 1:
-                    # N-1 inversion calls and N generation calls per batch
-                    update["total"] = -(-n // batch_size) * (2 * info["total"] + 1)
-                advance(update)
-
-            report = api.invert_images(
-                images,
-                domain=domain,
-                checkpoint=checkpoint,
-                arch_config=arch_config,
-                t0=t0,
-                n_steps=steps,
-                output=output,
-                overwrite=overwrite,
-                device=state.device,
-                batch_size=batch_size,
-                require_face=require_face,
-                precision=precision.value,
-                compile=compile,
-                callback=on_step,
-                on_download=download,
-                on_warning=console.warn,
-                on_estimate=console.info,
-            )
-    finally:
-        download.close()
+    with Display() as display:
+        report = api.invert_images(
+            images, domain=domain, checkpoint=checkpoint, arch_config=arch_config,
+            sampling=api.Sampling(t0=t0, inv_steps=steps), outputs=api.Outputs(output=output, overwrite=overwrite),
+            runtime=api.Runtime(device=state.device, precision=precision.value, compile=compile,
+                                batch_size=batch_size, require_face=require_face),
+            progress=display,
+        )  # fmt: skip
 
     if json_output:
         console.out.print(

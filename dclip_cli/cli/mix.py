@@ -6,30 +6,8 @@ from typing import Annotated
 
 import typer
 
-from dclip_cli.cli.options import (
-    BatchSizeOpt,
-    ClipModelOpt,
-    CompileOpt,
-    DomainOpt,
-    EtaOpt,
-    FinetuneOpt,
-    FinetuneSamplesOpt,
-    ImagesArg,
-    InvStepsOpt,
-    JsonOpt,
-    LatentOpt,
-    MetricsOpt,
-    OutputOpt,
-    OverwriteOpt,
-    Precision,
-    PrecisionOpt,
-    QuietOpt,
-    RequireFaceOpt,
-    SeedOpt,
-    SrcOpt,
-    StepsOpt,
-    T0Opt,
-)
+from dclip_cli.cli.options import DomainOpt, ImagesArg, LatentOpt, SrcOpt
+from dclip_cli.cli.settings import RunSettings, run_options
 
 EXAMPLES = """
 Examples:
@@ -48,6 +26,7 @@ base model with --with-base; one weight per member (normalised to sum to 1).
 """
 
 
+@run_options(compare_help="Also write input | reconstruction | mix side by side.")
 def mix_command(
     ctx: typer.Context,
     images: ImagesArg,
@@ -74,79 +53,36 @@ def mix_command(
     ] = None,
     src: SrcOpt = None,
     domain: DomainOpt = None,
-    t0: T0Opt = None,
-    inv_steps: InvStepsOpt = None,
-    steps: StepsOpt = None,
-    eta: EtaOpt = 0.0,
-    seed: SeedOpt = 0,
     latent: LatentOpt = None,
-    batch_size: BatchSizeOpt = 4,
-    compare: Annotated[
-        bool, typer.Option("--compare", help="Also write input | reconstruction | mix side by side.")
-    ] = False,
-    output: OutputOpt = None,
-    overwrite: OverwriteOpt = False,
-    clip_model: ClipModelOpt = "ViT-B/16",
-    metrics: MetricsOpt = "all",
-    finetune: FinetuneOpt = True,
-    finetune_samples: FinetuneSamplesOpt = 8,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    require_face: RequireFaceOpt = False,
-    precision: PrecisionOpt = Precision.auto,
-    compile: CompileOpt = False,
+    *,
+    run: RunSettings,
 ) -> None:
     """Combine several edits in one image by mixing their models' noise along a timestep schedule."""
     from dclip_cli import api
-    from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
-    from dclip_cli.cli.edit import CliReporter, apply_quiet, parse_option, render_report
-    from dclip_cli.editing import parse_metrics, parse_mix_schedule
+    from dclip_cli.apps.mix import member_names
+    from dclip_cli.apps.schedule import parse_mix_schedule
+    from dclip_cli.cli.display import Display
+    from dclip_cli.cli.report import apply_quiet, parse_option, render_report, start_run
 
-    apply_quiet(ctx, quiet)
+    apply_quiet(ctx, run.quiet)
     targets, files = list(to or []), list(model or [])
     if not targets and not files:
         raise typer.BadParameter("give at least one --to (or --model) to mix.", param_hint="'--to'")
     # validate the whole schedule before anything is downloaded or loaded
-    names = [*targets, *files, *(["base"] if with_base else [])]
+    names = member_names(targets, files, with_base)
     entries = None
     if schedule is not None:
         entries = parse_option(
             "--schedule", lambda text: parse_mix_schedule(text, len(names), member_names=names), schedule
         )
-    metric_names = parse_option("--metrics", parse_metrics, metrics)
-    load_registry_with_warnings()
-    state = get_state(ctx)
-    tune_runtime(state)
-    with CliReporter() as reporter:
+    start_run(ctx, run.quiet)
+    with Display() as display:
         report = api.mix_images(
-            images,
-            to=targets,
-            models=files,
-            with_base=with_base,
-            schedule=entries,
-            src=src,
-            domain=domain,
-            t0=t0,
-            n_inv_steps=inv_steps,
-            n_gen_steps=steps,
-            eta=eta,
-            seed=seed,
-            latent=latent,
-            batch_size=batch_size,
-            compare=compare,
-            output=output,
-            overwrite=overwrite,
-            metrics=metric_names,
-            allow_finetune=finetune,
-            finetune_samples=finetune_samples,
-            device=state.device,
-            clip_model=clip_model,
-            precision=precision.value,
-            compile=compile,
-            reporter=reporter,
-            require_face=require_face,
-        )
-    render_report(report, as_json=as_json, title=f"dclip mix: {' + '.join(names)}")
+            images, to=targets, models=files, with_base=with_base, schedule=entries, src=src, domain=domain,
+            latent=latent, sampling=run.sampling, outputs=run.outputs, runtime=run.runtime, auto=run.auto,
+            progress=display,
+        )  # fmt: skip
+    render_report(report, as_json=run.as_json, title=f"dclip mix: {' + '.join(names)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -125,20 +123,6 @@ def _preset_checkpoints(preset_name: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _lazy_bar(stack: contextlib.ExitStack, description: str) -> Callable[[int, int | None], None]:
-    """An ``on_progress`` callback that opens its Rich bar only when bytes start to flow."""
-    from dclip_cli import console
-
-    bar: list[Callable[[int, int | None], None]] = []
-
-    def on_progress(done: int, total: int | None) -> None:
-        if not bar:
-            bar.append(stack.enter_context(console.download_progress(description)))
-        bar[0](done, total)
-
-    return on_progress
-
-
 @models_app.command("fetch", epilog=EXAMPLES)
 def fetch(
     names: NamesArg = None,
@@ -159,6 +143,7 @@ def fetch(
 
     from dclip_cli import api, console
     from dclip_cli.cli._common import load_registry_with_warnings
+    from dclip_cli.cli.display import Display
     from dclip_cli.errors import DclipError
 
     load_registry_with_warnings()
@@ -180,8 +165,8 @@ def fetch(
             continue
         cached = api.checkpoint_path(spec).is_file()
         try:
-            with contextlib.ExitStack() as stack:
-                path = api.fetch_checkpoint(spec, on_progress=_lazy_bar(stack, spec.filename))
+            with Display() as display:
+                path = api.fetch_checkpoint(spec, progress=display)
         except DclipError as exc:
             if len(specs) == 1:
                 raise

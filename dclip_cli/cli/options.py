@@ -70,6 +70,14 @@ StrengthOpt = Annotated[
         help="Degree of change r: eps = r*edit + (1-r)*base (0..1; 1 = full edit).",
     ),
 ]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Edit model: a .safetensors/.pth file, a library name (face/pixar) or a registered checkpoint.",
+    ),
+]
 LatentOpt = Annotated[
     Path | None,
     typer.Option(

@@ -48,26 +48,19 @@ def score_command(
 ) -> None:
     """Score an edit: CLIP directional and target similarity, LPIPS, identity (faces) and PSNR."""
     from dclip_cli import api, console
+    from dclip_cli.apps.config import parse_metrics
     from dclip_cli.cli._common import get_state, load_registry_with_warnings
-    from dclip_cli.cli.edit import CliReporter, metrics_table, parse_option
-    from dclip_cli.editing import parse_metrics
+    from dclip_cli.cli.display import Display
+    from dclip_cli.cli.report import metrics_table, parse_option
 
     metric_names = parse_option("--metrics", parse_metrics, metrics)
     load_registry_with_warnings()
-    state = get_state(ctx)
-    with CliReporter() as reporter:
+    runtime = api.Runtime(device=get_state(ctx).device, clip_model=clip_model)
+    with Display() as display:
         row = api.score_images(
-            source,
-            edited,
-            src=src,
-            trg=trg,
-            domain=domain,
-            size=size,
-            metrics=metric_names,
-            device=state.device,
-            clip_model=clip_model,
-            reporter=reporter,
-        )
+            source, edited, src=src, trg=trg, domain=domain, size=size, metrics=metric_names, runtime=runtime,
+            progress=display,
+        )  # fmt: skip
     if as_json:
         console.out.print_json(json.dumps({k: (v if v != float("inf") else None) for k, v in row.items()}))
     else:

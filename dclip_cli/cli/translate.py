@@ -6,29 +6,8 @@ from typing import Annotated
 
 import typer
 
-from dclip_cli.cli.options import (
-    BatchSizeOpt,
-    ClipModelOpt,
-    CompileOpt,
-    DomainOpt,
-    EtaOpt,
-    FinetuneOpt,
-    FinetuneSamplesOpt,
-    ImagesArg,
-    InvStepsOpt,
-    JsonOpt,
-    MetricsOpt,
-    OutputOpt,
-    OverwriteOpt,
-    Precision,
-    PrecisionOpt,
-    QuietOpt,
-    SeedOpt,
-    SrcOpt,
-    StepsOpt,
-    StrengthOpt,
-    T0Opt,
-)
+from dclip_cli.cli.options import DomainOpt, ImagesArg, SrcOpt, StrengthOpt
+from dclip_cli.cli.settings import RunSettings, run_options
 
 EXAMPLES = """
 Examples:
@@ -44,6 +23,7 @@ projection is then inverted and generated with the edit model.
 """
 
 
+@run_options(compare_help="Also write input | projection | edit side by side.")
 def translate_command(
     ctx: typer.Context,
     images: ImagesArg,
@@ -66,68 +46,24 @@ def translate_command(
         bool, typer.Option("--save-intermediates", help="Write the image after every round.")
     ] = False,
     strength: StrengthOpt = 1.0,
-    t0: T0Opt = None,
-    inv_steps: InvStepsOpt = None,
-    steps: StepsOpt = None,
-    eta: EtaOpt = 0.0,
-    seed: SeedOpt = 0,
-    batch_size: BatchSizeOpt = 4,
-    compare: Annotated[
-        bool, typer.Option("--compare", help="Also write input | projection | edit side by side.")
-    ] = False,
-    output: OutputOpt = None,
-    overwrite: OverwriteOpt = False,
-    clip_model: ClipModelOpt = "ViT-B/16",
-    metrics: MetricsOpt = "all",
-    finetune: FinetuneOpt = True,
-    finetune_samples: FinetuneSamplesOpt = 8,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    precision: PrecisionOpt = Precision.auto,
-    compile: CompileOpt = False,
+    *,
+    run: RunSettings,
 ) -> None:
     """Translate strokes, paintings or unseen-domain images into a domain (and optionally edit them)."""
     from dclip_cli import api
-    from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
-    from dclip_cli.cli.edit import CliReporter, apply_quiet, parse_option, render_report
-    from dclip_cli.editing import parse_metrics
+    from dclip_cli.cli.display import Display
+    from dclip_cli.cli.report import render_report, start_run
 
-    apply_quiet(ctx, quiet)
-    metric_names = parse_option("--metrics", parse_metrics, metrics)
     if model is not None and to is None:
         raise typer.BadParameter("--model needs --to (the edit the model performs).", param_hint="'--model'")
-    load_registry_with_warnings()
-    state = get_state(ctx)
-    tune_runtime(state)
-    with CliReporter() as reporter:
+    start_run(ctx, run.quiet)
+    with Display() as display:
         report = api.translate_images(
-            images,
-            to=to,
-            src=src,
-            domain=domain,
-            model=model,
-            iterations=iterations,
-            save_intermediates=save_intermediates,
-            strength=strength,
-            t0=t0,
-            n_inv_steps=inv_steps,
-            n_gen_steps=steps,
-            eta=eta,
-            seed=seed,
-            batch_size=batch_size,
-            compare=compare,
-            output=output,
-            overwrite=overwrite,
-            metrics=metric_names,
-            allow_finetune=finetune,
-            finetune_samples=finetune_samples,
-            device=state.device,
-            clip_model=clip_model,
-            precision=precision.value,
-            compile=compile,
-            reporter=reporter,
-        )
-    render_report(report, as_json=as_json, title="dclip translate" + (f": {to}" if to else ""))
+            images, to=to, src=src, domain=domain, model=model, iterations=iterations,
+            save_intermediates=save_intermediates, strength=strength, sampling=run.sampling, outputs=run.outputs,
+            runtime=run.runtime, auto=run.auto, progress=display,
+        )  # fmt: skip
+    render_report(report, as_json=run.as_json, title="dclip translate" + (f": {to}" if to else ""))
 
 
 def register(app: typer.Typer) -> None:

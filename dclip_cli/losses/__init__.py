@@ -13,7 +13,7 @@ _EXPORTS = {
     "DirectionalCLIPLoss": "dclip_cli.losses.clip",
     "clip_term": "dclip_cli.losses.clip",
     "directional_similarity": "dclip_cli.losses.clip",
-    "load_clip": "dclip_cli.losses.clip",
+    "load_clip_file": "dclip_cli.losses.clip",
     "text_direction": "dclip_cli.losses.clip",
     "text_similarity": "dclip_cli.losses.clip",
     "zero_shot": "dclip_cli.losses.clip",

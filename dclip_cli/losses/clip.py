@@ -25,7 +25,7 @@ import os
 import pickle
 import warnings
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +37,6 @@ from dclip_cli.errors import (
     CheckpointError,
     ConfigError,
     StateDictMismatchError,
-    UnknownCheckpointError,
     UnsafeCheckpointError,
 )
 from dclip_cli.losses.templates import IMAGENET_TEMPLATES, format_templates
@@ -52,7 +51,9 @@ __all__ = [
     "clip_term",
     "directional_similarity",
     "image_direction",
-    "load_clip",
+    "is_path_like",
+    "known_names",
+    "load_clip_file",
     "text_direction",
     "text_similarity",
     "zero_shot",
@@ -308,30 +309,46 @@ def _build_open_clip(state: dict[str, Tensor], precision: str, source: str) -> n
     return model
 
 
-def load_clip(
-    name_or_path: str | os.PathLike[str],
+def is_path_like(name_or_path: str | os.PathLike[str]) -> bool:
+    """Whether a ``--clip-model`` value names a file (an existing path, a path-like value, a CLIP file suffix or a
+    path prefix) rather than a model name such as ``ViT-B/16``."""
+    text = os.fspath(name_or_path)
+    return (
+        isinstance(name_or_path, os.PathLike)
+        or Path(text).expanduser().exists()
+        or text.lower().endswith(_FILE_SUFFIXES)
+        or text.startswith(("./", "../", "~", "/"))
+    )
+
+
+def known_names() -> str:
+    """The CLIP model names to suggest in messages."""
+    return _KNOWN_NAMES
+
+
+def load_clip_file(
+    path: str | os.PathLike[str],
     *,
     device: str | torch.device | None = None,
     precision: str | None = None,
-    on_progress: Callable[[int, int | None], None] | None = None,
+    name: str | None = None,
 ) -> ClipModel:
-    """Load a frozen OpenAI CLIP model.
+    """Load a frozen OpenAI CLIP model from a file (this function never downloads; ``dclip_cli.load_clip`` also
+    takes model names and fetches them through the checkpoint store).
 
     Args:
-        name_or_path: a model name (``"ViT-B/16"``, ``"ViT-B-16"``, ``"ViT-B/32"`` or a registry name such as
-            ``"clip-vit-b-16"``), fetched through the checkpoint store; or a path to an OpenAI CLIP file (the
-            TorchScript archive OpenAI publishes, or a plain state dict). The architecture is read from the weights.
+        path: an OpenAI CLIP file: the TorchScript archive OpenAI publishes, or a plain state dict. The
+            architecture is read from the weights.
         device: ``"auto"`` (default), ``"cpu"``, ``"cuda"``, ... or a ``torch.device``.
         precision: ``"fp16"``, ``"fp32"`` or ``"bf16"``; default fp16 on CUDA (as the original) and fp32 elsewhere.
-        on_progress: download progress ``(done_bytes, total_bytes_or_None)``, when a name has to be fetched.
+        name: what :attr:`ClipModel.name` records (default: the path).
 
     Returns:
         A :class:`ClipModel` in eval mode with ``requires_grad=False`` everywhere.
 
     Raises:
-        UnknownCheckpointError: the name is neither a file nor a known CLIP model.
-        CheckpointError: the file is missing or unreadable (``StateDictMismatchError``, ``UnsafeCheckpointError``
-            for the specific cases).
+        CheckpointError: the file is missing, a directory or unreadable (``StateDictMismatchError``,
+            ``UnsafeCheckpointError`` for the specific cases).
         ConfigError: unknown precision.
     """
     from dclip_cli.device import resolve_device
@@ -344,40 +361,21 @@ def load_clip(
         raise ConfigError(
             f"Unknown CLIP precision {precision!r}.", hint=f"Use one of {', '.join(_PRECISIONS)}."
         )
-
-    text = os.fspath(name_or_path)
-    path = Path(text).expanduser()
-    if path.is_file():
-        name = str(path)
-    elif path.is_dir():
+    text = os.fspath(path)
+    file = Path(text).expanduser()
+    if file.is_dir():
         raise CheckpointError(
             f"The CLIP path {text!r} is a directory, not a file.",
             hint="Pass the .pt file itself, or a model name such as ViT-B/16.",
         )
-    elif (
-        isinstance(name_or_path, os.PathLike)
-        or text.lower().endswith(_FILE_SUFFIXES)
-        or text.startswith(("./", "../", "~", "/"))
-    ):
+    if not file.is_file():
         raise CheckpointError(
             f"The CLIP file {text!r} does not exist.",
             hint=f"Check the path, or pass a model name ({_KNOWN_NAMES}).",
         )
-    else:
-        name = clip_registry_name(text)
-        from dclip_cli.checkpoints import download
-
-        try:
-            path = Path(download.fetch(name, on_progress=on_progress))
-        except UnknownCheckpointError as exc:
-            raise UnknownCheckpointError(
-                f"{text!r} is neither a CLIP file nor a known CLIP model (looked for registry entry {name!r}).",
-                hint=f"Use one of {_KNOWN_NAMES}, or the path to an OpenAI CLIP .pt file.",
-            ) from exc
-
-    state = _read_state_dict(path)
-    model = _build_open_clip(state, precision, f"The CLIP file {str(path)!r}")
-    return ClipModel(model, name=name, precision=precision).to(dev)
+    state = _read_state_dict(file)
+    model = _build_open_clip(state, precision, f"The CLIP file {str(file)!r}")
+    return ClipModel(model, name=name or str(file), precision=precision).to(dev)
 
 
 # ----------------------------------------------------------------------------------------------------------------

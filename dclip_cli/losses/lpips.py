@@ -5,8 +5,9 @@ LPIPS has two parts:
 * the linear calibration layers, shipped inside the ``lpips`` package (``lpips/weights/v0.1/<net>.pth``), always
   available offline;
 * the ImageNet trunk (AlexNet by default, or VGG16 / SqueezeNet 1.1), which ``lpips`` would fetch through
-  torchvision on first use. dclip loads it itself: from torch hub's cache (``$TORCH_HOME/hub/checkpoints``) when
-  torchvision already downloaded it there, else through dclip's checkpoint store (registry names ``lpips-alex``,
+  torchvision on first use. :class:`LPIPSLoss` takes the trunk's weights as a file instead and never downloads:
+  ``dclip_cli.store.load_lpips`` finds them in torch hub's cache (``$TORCH_HOME/hub/checkpoints``) when torchvision
+  already downloaded them there, else fetches them through dclip's checkpoint store (registry names ``lpips-alex``,
   ``lpips-vgg``, ``lpips-squeeze``), which honours ``DCLIP_OFFLINE``, ``DCLIP_MIRROR`` and the cache directory.
 
 Inputs are images in [-1, 1], as everywhere in dclip. The module is frozen and stays in eval mode.
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 
 from dclip_cli.errors import CheckpointError, ConfigError
 
-__all__ = ["LPIPS_NETS", "LPIPSLoss", "trunk_weights_path", "trunk_weights_url"]
+__all__ = ["LPIPS_NETS", "LPIPSLoss", "canonical_net", "trunk_weights_path", "trunk_weights_url"]
 
 #: LPIPS trunk name -> (torchvision weights enum, member).
 _TRUNKS: dict[str, tuple[str, str]] = {
@@ -36,7 +37,7 @@ _TRUNKS: dict[str, tuple[str, str]] = {
 LPIPS_NETS: tuple[str, ...] = tuple(_TRUNKS)
 
 
-def _canonical_net(net: str) -> str:
+def canonical_net(net: str) -> str:
     key = {"vgg16": "vgg", "alexnet": "alex", "squeezenet": "squeeze"}.get(net.lower(), net.lower())
     if key not in _TRUNKS:
         raise ConfigError(f"Unknown LPIPS network {net!r}.", hint=f"Use one of {', '.join(LPIPS_NETS)}.")
@@ -47,7 +48,7 @@ def trunk_weights_url(net: str = "alex") -> str:
     """The URL torchvision publishes the ImageNet weights of the LPIPS trunk at."""
     import torchvision.models as tvm
 
-    enum_name, member = _TRUNKS[_canonical_net(net)]
+    enum_name, member = _TRUNKS[canonical_net(net)]
     return str(getattr(getattr(tvm, enum_name), member).url)
 
 
@@ -56,16 +57,8 @@ def trunk_weights_path(net: str = "alex") -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(trunk_weights_url(net))
 
 
-def _load_trunk_state_dict(
-    net: str, offline: bool | None, on_progress: Any = None, path: Path | None = None
-) -> tuple[dict[str, Tensor], Path]:
-    """The trunk's ImageNet weights: from torch hub's cache when torchvision already put them there, else from
-    dclip's checkpoint store (``lpips-<net>``: locked, resumable, verified download; offline-aware)."""
-    path = path or trunk_weights_path(net)
-    if not path.is_file():
-        from dclip_cli.checkpoints.download import fetch
-
-        path = fetch(f"lpips-{net}", on_progress=on_progress, offline=offline)
+def _load_trunk_state_dict(net: str, path: Path) -> dict[str, Tensor]:
+    """The trunk's ImageNet weights from a torchvision file."""
     try:
         state: Any = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
@@ -73,7 +66,7 @@ def _load_trunk_state_dict(
             f"The LPIPS trunk weights {str(path)!r} could not be read ({exc}).",
             hint=f"Delete the file (dclip models rm lpips-{net}); it is downloaded again on the next run.",
         ) from exc
-    return dict(state), path
+    return dict(state)
 
 
 class LPIPSLoss(nn.Module):
@@ -83,13 +76,12 @@ class LPIPSLoss(nn.Module):
         net: trunk, ``"alex"`` (default, as LPIPS recommends for a loss), ``"vgg"`` or ``"squeeze"``.
         pretrained: load the calibrated linear layers shipped with the ``lpips`` package (else random).
         pnet_rand: leave the trunk randomly initialised instead of loading its ImageNet weights (tests only).
-        offline: forbid downloading the trunk weights; default from ``DCLIP_OFFLINE``.
-        on_progress: ``on_progress(done_bytes, total_or_None)`` while the trunk weights download.
-        trunk_path: a local file with the trunk's torchvision weights (skips the lookup and download).
+        trunk_path: the file with the trunk's torchvision ImageNet weights; required unless ``pnet_rand``
+            (``dclip_cli.store.lpips_trunk`` finds or fetches it).
 
     Raises:
-        CheckpointNotCachedError: the trunk weights are not cached and downloads are forbidden.
-        DownloadError: the trunk weights could not be downloaded.
+        ConfigError: no ``trunk_path`` without ``pnet_rand``, or an unknown network.
+        CheckpointError: the trunk weights are unreadable or do not fit.
     """
 
     def __init__(
@@ -98,25 +90,28 @@ class LPIPSLoss(nn.Module):
         pretrained: bool = True,
         *,
         pnet_rand: bool = False,
-        offline: bool | None = None,
-        on_progress: Any = None,
         trunk_path: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         import lpips
 
-        self.net_name = _canonical_net(net)
+        self.net_name = canonical_net(net)
         with warnings.catch_warnings():
             # lpips calls torchvision's deprecated ``pretrained=`` argument; the trunk is never downloaded here.
             warnings.simplefilter("ignore", UserWarning)
             self.lpips = lpips.LPIPS(net=self.net_name, pretrained=pretrained, pnet_rand=True, verbose=False)
         if not pnet_rand:
-            self._load_trunk(offline, on_progress, Path(trunk_path) if trunk_path else None)
+            if trunk_path is None:
+                raise ConfigError(
+                    "LPIPS needs the file of its trunk's ImageNet weights (trunk_path).",
+                    hint="Use dclip_cli.store.load_lpips(), which finds or downloads it, or pass pnet_rand=True.",
+                )
+            self._load_trunk(Path(trunk_path))
         self.lpips.requires_grad_(False)
         self.lpips.eval()
 
-    def _load_trunk(self, offline: bool | None, on_progress: Any, path: Path | None) -> None:
-        state, path = _load_trunk_state_dict(self.net_name, offline, on_progress, path)
+    def _load_trunk(self, path: Path) -> None:
+        state = _load_trunk_state_dict(self.net_name, path)
         self.trunk_path = path
         # lpips slices torchvision's ``features`` into ``slice1..sliceN`` whose children keep their index in
         # ``features``: ``features.<i>.<rest>`` of the torchvision file goes to that child (the classifier is unused).

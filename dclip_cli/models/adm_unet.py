@@ -22,40 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from dclip_cli.errors import ConfigError
-
-#: ``create_model`` arguments of the AFHQ-dog / FFHQ checkpoints (93,563,910 parameters).
-ADM_AFHQ_CONFIG: dict[str, Any] = {
-    "image_size": 256,
-    "num_channels": 128,
-    "num_res_blocks": 1,
-    "channel_mult": [1, 1, 2, 2, 4, 4],
-    "attention_resolutions": [16],
-    "num_heads": 4,
-    "num_head_channels": 64,
-    "num_heads_upsample": -1,
-    "use_scale_shift_norm": True,
-    "resblock_updown": True,
-    "learn_sigma": True,
-    "class_cond": False,
-    "dropout": 0.0,
-    "use_new_attention_order": False,
-    "conv_resample": True,
-    "in_channels": 3,
-    "num_classes": 1000,
-    "use_fp16": False,
-    "use_checkpoint": False,
-}
-
-#: ``create_model`` arguments of guided-diffusion's ImageNet 512 checkpoint (558,997,638 parameters).
-ADM_IMAGENET512_CONFIG: dict[str, Any] = {
-    **ADM_AFHQ_CONFIG,
-    "image_size": 512,
-    "num_channels": 256,
-    "num_res_blocks": 2,
-    "channel_mult": [0.5, 1, 1, 2, 2, 4, 4],
-    "attention_resolutions": [32, 16, 8],
-    "class_cond": True,
-}
+from dclip_cli.models.configs import ADM_AFHQ_CONFIG
 
 # guided-diffusion's create_model defaults for channel_mult="" by image size
 _DEFAULT_CHANNEL_MULT = {

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from dclip_cli.errors import ConfigError, StateDictMismatchError
-from dclip_cli.models.adm_unet import ADM_AFHQ_CONFIG, ADMUNet, normalize_adm_config
-from dclip_cli.models.ddpm_unet import DDPM_256_CONFIG, DDPMUNet, normalize_ddpm_config
+from dclip_cli.models.adm_unet import ADMUNet, normalize_adm_config
+from dclip_cli.models.configs import ADM_AFHQ_CONFIG, DDPM_256_CONFIG
+from dclip_cli.models.ddpm_unet import DDPMUNet, normalize_ddpm_config
 from dclip_cli.models.io import load_checkpoint
 from dclip_cli.models.protocol import Arch, DiffusionModel
 
@@ -281,6 +282,22 @@ def check_state_dict(
     raise StateDictMismatchError(
         f"The checkpoint does not fit the {what}: {problem}.",
         hint="Check the architecture settings (--arch-config) or that the file is a checkpoint of this model.",
+    )
+
+
+def check_arch_keys(
+    state_dict: Mapping[str, Any], arch: str, config: Mapping[str, Any] | None, *, what: str
+) -> None:
+    """Raise :class:`StateDictMismatchError` unless ``state_dict`` has exactly the keys and shapes of the ``arch``
+    UNet built from ``config`` (the official key layout); ``what`` names the file in the message."""
+    reference = build_model(arch, config).unet.state_dict()
+    problem = state_dict_mismatch(state_dict, reference)
+    if problem is None:
+        return
+    raise StateDictMismatchError(
+        f"{what} does not fit the {arch.upper()} architecture {_summary(normalize_config(arch, config))}: "
+        f"{problem}.",
+        hint="Check that you downloaded the file for this checkpoint.",
     )
 
 

@@ -20,19 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from dclip_cli.errors import ConfigError
-
-#: The configuration shared by the CelebA-HQ, LSUN church and LSUN bedroom checkpoints (113,673,219 parameters).
-DDPM_256_CONFIG: dict[str, Any] = {
-    "resolution": 256,
-    "in_channels": 3,
-    "out_ch": 3,
-    "ch": 128,
-    "ch_mult": [1, 1, 2, 2, 4, 4],
-    "num_res_blocks": 2,
-    "attn_resolutions": [16],
-    "dropout": 0.0,
-    "resamp_with_conv": True,
-}
+from dclip_cli.models.configs import DDPM_256_CONFIG
 
 _KNOWN_KEYS = set(DDPM_256_CONFIG) | {"type", "var_type", "ema_rate", "ema"}
 

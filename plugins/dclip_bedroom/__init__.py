@@ -7,25 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from dclip_cli.checkpoints.registry import CheckpointSpec, Mirror
-from dclip_cli.presets.hookspecs import hookimpl
-from dclip_cli.presets.preset import Preset
-from dclip_cli.presets.tables import edits_from_table
-
-DDPM_256 = {
-    "ch": 128,
-    "ch_mult": [1, 1, 2, 2, 4, 4],
-    "num_res_blocks": 2,
-    "attn_resolutions": [16],
-    "dropout": 0.0,
-    "resamp_with_conv": True,
-    "in_channels": 3,
-    "out_ch": 3,
-    "resolution": 256,
-}
-
-_DRIVE = "https://drive.google.com/uc?export=download&id="
-_FOLDER = "https://drive.google.com/drive/folders/1Uwvm_gckanyRzQkVTLB6GLQbkSBoZDZF"
+from dclip_cli.plugin import (
+    DDPM_256_CONFIG,
+    DIFFUSIONCLIP_DRIVE_FOLDER,
+    CheckpointSpec,
+    Mirror,
+    Preset,
+    drive_url,
+    edits_from_table,
+    hookimpl,
+)
 
 # Drive ids and file names from the original Colab notebook (they may be stale).
 EDITS, FINETUNED = edits_from_table(
@@ -35,14 +26,14 @@ EDITS, FINETUNED = edits_from_table(
             "Bedroom",
             "Blue tone Bedroom",
             "blue_t500.pth",
-            _DRIVE + "1qAC4ORH5sk3YfXDQ-3QUiXDxMsmJB0g8",
+            drive_url("1qAC4ORH5sk3YfXDQ-3QUiXDxMsmJB0g8"),
             500,
         ),
         "bedroom_green": (
             "Bedroom",
             "Green tone Bedroom",
             "green_t601.pth",
-            _DRIVE + "1ClX_LUgpG5igDq0rWTsD7xIzyzGRvge_",
+            drive_url("1ClX_LUgpG5igDq0rWTsD7xIzyzGRvge_"),
             601,
         ),
         "bedroom_golden": ("Bedroom", "Golden Bedroom", None, None, None),
@@ -50,7 +41,7 @@ EDITS, FINETUNED = edits_from_table(
             "Bedroom",
             "Princess Bedroom",
             "princess_t500.pth",
-            _DRIVE + "1gBbyWCDLfBQpoPuNkpc9Ioqu4wJW8o3b",
+            drive_url("1gBbyWCDLfBQpoPuNkpc9Ioqu4wJW8o3b"),
             500,
         ),
         "bedroom_palace": ("Bedroom", "Palace Bedroom", None, None, None),
@@ -58,15 +49,15 @@ EDITS, FINETUNED = edits_from_table(
             "Bedroom",
             "Wooden Bedroom",
             "wooden_t500.pth",
-            _DRIVE + "1ATF3o7RCSrgi0icwi9HaaZxf2C-DwwTp",
+            drive_url("1ATF3o7RCSrgi0icwi9HaaZxf2C-DwwTp"),
             500,
         ),
     },
     base="lsun_bedroom",
     arch="ddpm",
-    arch_config=DDPM_256,
+    arch_config=DDPM_256_CONFIG,
     source_note="DiffusionCLIP release (Kim, Kwon and Ye, CVPR 2022), Google Drive; ids from the original Colab.",
-    manual_folder=_FOLDER,
+    manual_folder=DIFFUSIONCLIP_DRIVE_FOLDER,
 )
 
 
@@ -79,7 +70,7 @@ def register_presets(register: Any) -> None:
             image_size=256,
             checkpoint="lsun_bedroom",
             arch="ddpm",
-            arch_config=DDPM_256,
+            arch_config=DDPM_256_CONFIG,
             source_text="Bedroom",
             domain_prompt="a photo of a bedroom",
             t0=500,
@@ -122,7 +113,7 @@ def register_checkpoints(register: Any) -> None:
             ),
             format="ddpm",
             arch="ddpm",
-            arch_config=DDPM_256,
+            arch_config=DDPM_256_CONFIG,
             description="LSUN bedroom 256 DDPM (SDEdit release, used by DiffusionCLIP).",
             license_note="SDEdit / DiffusionCLIP release; Hugging Face mirror gwang-kim/DiffusionCLIP-LSUN_Bedroom.",
         )

@@ -7,25 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from dclip_cli.checkpoints.registry import CheckpointSpec, Mirror
-from dclip_cli.presets.hookspecs import hookimpl
-from dclip_cli.presets.preset import Preset
-from dclip_cli.presets.tables import edits_from_table
-
-DDPM_256 = {
-    "ch": 128,
-    "ch_mult": [1, 1, 2, 2, 4, 4],
-    "num_res_blocks": 2,
-    "attn_resolutions": [16],
-    "dropout": 0.0,
-    "resamp_with_conv": True,
-    "in_channels": 3,
-    "out_ch": 3,
-    "resolution": 256,
-}
-
-_DRIVE = "https://drive.google.com/uc?export=download&id="
-_FOLDER = "https://drive.google.com/drive/folders/1Uwvm_gckanyRzQkVTLB6GLQbkSBoZDZF"
+from dclip_cli.plugin import (
+    DDPM_256_CONFIG,
+    DIFFUSIONCLIP_DRIVE_FOLDER,
+    CheckpointSpec,
+    Mirror,
+    Preset,
+    drive_url,
+    edits_from_table,
+    hookimpl,
+)
 
 # Drive ids and file names from the original Colab notebook (they may be stale).
 EDITS, FINETUNED = edits_from_table(
@@ -35,7 +26,7 @@ EDITS, FINETUNED = edits_from_table(
             "Church",
             "Snow Coverd Church",
             "snow_t500.pth",
-            _DRIVE + "1-k_W15TY0TjZQnONXHah2x1jonVd8ePZ",
+            drive_url("1-k_W15TY0TjZQnONXHah2x1jonVd8ePZ"),
             500,
         ),
         "church_night": ("Church", "Church at night", None, None, None),
@@ -43,21 +34,21 @@ EDITS, FINETUNED = edits_from_table(
             "Church",
             "Red brick wall Church",
             "brick_t301.pth",
-            _DRIVE + "1_FWVnjR2nsW0SACZDuU-HT53hn5C1TsR",
+            drive_url("1_FWVnjR2nsW0SACZDuU-HT53hn5C1TsR"),
             301,
         ),
         "church_golden": (
             "Church",
             "Golden Church",
             "golden_t401.pth",
-            _DRIVE + "16T7N8LHPyM_-3TSCSggg683PjfJQaR15",
+            drive_url("16T7N8LHPyM_-3TSCSggg683PjfJQaR15"),
             401,
         ),
         "church_wooden_house": (
             "Church",
             "Wooden House",
             "wooden_t500.pth",
-            _DRIVE + "1R0l-GQdXaOQJfcrb81vv9sgD9z8mBSPK",
+            drive_url("1R0l-GQdXaOQJfcrb81vv9sgD9z8mBSPK"),
             500,
         ),
         "church_gothic": ("Church", "Gothic Church", None, None, None),
@@ -65,7 +56,7 @@ EDITS, FINETUNED = edits_from_table(
             "Church",
             "Ancient traditional Asian tower",
             "ancient_tower_t500.pth",
-            _DRIVE + "12DC1lL6moUy1teKe7gxqL2NQhhmU44eB",
+            drive_url("12DC1lL6moUy1teKe7gxqL2NQhhmU44eB"),
             500,
         ),
         "church_temple": ("Church", "Temple", None, None, None),
@@ -74,15 +65,15 @@ EDITS, FINETUNED = edits_from_table(
             "church",
             "department store",
             "department_t500.pth",
-            _DRIVE + "1XcL3IM85dG5nk9-3CiXAsdIZaguSZyMw",
+            drive_url("1XcL3IM85dG5nk9-3CiXAsdIZaguSZyMw"),
             500,
         ),
     },
     base="lsun_church",
     arch="ddpm",
-    arch_config=DDPM_256,
+    arch_config=DDPM_256_CONFIG,
     source_note="DiffusionCLIP release (Kim, Kwon and Ye, CVPR 2022), Google Drive; ids from the original Colab.",
-    manual_folder=_FOLDER,
+    manual_folder=DIFFUSIONCLIP_DRIVE_FOLDER,
 )
 
 
@@ -95,7 +86,7 @@ def register_presets(register: Any) -> None:
             image_size=256,
             checkpoint="lsun_church",
             arch="ddpm",
-            arch_config=DDPM_256,
+            arch_config=DDPM_256_CONFIG,
             source_text="Church",
             domain_prompt="a photo of a church",
             t0=500,
@@ -139,7 +130,7 @@ def register_checkpoints(register: Any) -> None:
             ),
             format="ddpm",
             arch="ddpm",
-            arch_config=DDPM_256,
+            arch_config=DDPM_256_CONFIG,
             description="LSUN church-outdoor 256 DDPM (Ho et al.; ddim release, diffusers copy as fallback).",
             license_note="Ho et al. DDPM LSUN church weights via ermongroup/ddim, or google/ddpm-ema-church-256.",
         )

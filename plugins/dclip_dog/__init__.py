@@ -7,30 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from dclip_cli.checkpoints.registry import CheckpointSpec
-from dclip_cli.presets.hookspecs import hookimpl
-from dclip_cli.presets.preset import Preset
-from dclip_cli.presets.tables import edits_from_table
-
-ADM_AFHQ_256 = {
-    "image_size": 256,
-    "num_channels": 128,
-    "num_res_blocks": 1,
-    "channel_mult": "",
-    "attention_resolutions": "16",
-    "num_heads": 4,
-    "num_head_channels": 64,
-    "num_heads_upsample": -1,
-    "use_scale_shift_norm": True,
-    "resblock_updown": True,
-    "learn_sigma": True,
-    "class_cond": False,
-    "dropout": 0.0,
-    "use_fp16": False,
-    "use_new_attention_order": False,
-}
-
-_FOLDER = "https://drive.google.com/drive/folders/1Uwvm_gckanyRzQkVTLB6GLQbkSBoZDZF"
+from dclip_cli.plugin import (
+    ADM_AFHQ_CONFIG,
+    DIFFUSIONCLIP_DRIVE_FOLDER,
+    CheckpointSpec,
+    Preset,
+    drive_url,
+    edits_from_table,
+    hookimpl,
+)
 
 # Official file names from the original Replicate demo; no direct links were published for them.
 EDITS, FINETUNED = edits_from_table(
@@ -49,9 +34,9 @@ EDITS, FINETUNED = edits_from_table(
     },
     base="afhq_dog",
     arch="adm",
-    arch_config=ADM_AFHQ_256,
+    arch_config=ADM_AFHQ_CONFIG,
     source_note="DiffusionCLIP release (Kim, Kwon and Ye, CVPR 2022), Google Drive.",
-    manual_folder=_FOLDER,
+    manual_folder=DIFFUSIONCLIP_DRIVE_FOLDER,
 )
 
 
@@ -64,7 +49,7 @@ def register_presets(register: Any) -> None:
             image_size=256,
             checkpoint="afhq_dog",
             arch="adm",
-            arch_config=ADM_AFHQ_256,
+            arch_config=ADM_AFHQ_CONFIG,
             source_text="Dog",
             domain_prompt="a photo of a dog's face",
             t0=500,
@@ -89,10 +74,10 @@ def register_checkpoints(register: Any) -> None:
         CheckpointSpec(
             name="afhq_dog",
             filename="afhq_dog_4m.pt",
-            urls=("https://drive.google.com/uc?export=download&id=14OG_o3aa8Hxmfu36IIRyOgRwEP6ngLdo",),
+            urls=(drive_url("14OG_o3aa8Hxmfu36IIRyOgRwEP6ngLdo"),),
             format="adm",
             arch="adm",
-            arch_config=ADM_AFHQ_256,
+            arch_config=ADM_AFHQ_CONFIG,
             description="AFHQ-dog 256 ADM (ILVR / P2-weighting release), 93.6 M parameters.",
             license_note="ILVR (Choi et al., ICCV 2021) release via Google Drive.",
             manual=(

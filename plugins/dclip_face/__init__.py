@@ -8,25 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from dclip_cli.checkpoints.registry import CheckpointSpec
-from dclip_cli.presets.hookspecs import hookimpl
-from dclip_cli.presets.preset import Aligner, IdentityModel, Preset
-from dclip_cli.presets.tables import edits_from_table
-
-DDPM_256 = {
-    "ch": 128,
-    "ch_mult": [1, 1, 2, 2, 4, 4],
-    "num_res_blocks": 2,
-    "attn_resolutions": [16],
-    "dropout": 0.0,
-    "resamp_with_conv": True,
-    "in_channels": 3,
-    "out_ch": 3,
-    "resolution": 256,
-}
-
-_DRIVE = "https://drive.google.com/uc?export=download&id={}"
-_FOLDER = "https://drive.google.com/drive/folders/1Uwvm_gckanyRzQkVTLB6GLQbkSBoZDZF"
+from dclip_cli.plugin import (
+    DDPM_256_CONFIG,
+    DIFFUSIONCLIP_DRIVE_FOLDER,
+    Aligner,
+    CheckpointSpec,
+    IdentityModel,
+    Preset,
+    build_facenet,
+    drive_url,
+    edits_from_table,
+    hookimpl,
+)
 
 # key: (source, target, official file, Drive id, t0 from the official name)
 _EDITS: dict[str, tuple[str, str, str | None, str | None, int | None]] = {
@@ -82,15 +75,12 @@ _EDITS: dict[str, tuple[str, str, str | None, str | None, int | None]] = {
 
 EDITS, FINETUNED = edits_from_table(
     "face",
-    {
-        k: (src, trg, file, _DRIVE.format(i) if i else None, t0)
-        for k, (src, trg, file, i, t0) in _EDITS.items()
-    },
+    {k: (src, trg, file, drive_url(i) if i else None, t0) for k, (src, trg, file, i, t0) in _EDITS.items()},
     base="celeba_hq",
     arch="ddpm",
-    arch_config=DDPM_256,
+    arch_config=DDPM_256_CONFIG,
     source_note="DiffusionCLIP release (Kim, Kwon and Ye, CVPR 2022), Google Drive; ids from the original Colab.",
-    manual_folder=_FOLDER,
+    manual_folder=DIFFUSIONCLIP_DRIVE_FOLDER,
 )
 
 
@@ -103,7 +93,7 @@ def register_presets(register: Any) -> None:
             image_size=256,
             checkpoint="celeba_hq",
             arch="ddpm",
-            arch_config=DDPM_256,
+            arch_config=DDPM_256_CONFIG,
             source_text="face",
             domain_prompt="a photo of a human face",
             t0=401,
@@ -137,7 +127,7 @@ def register_checkpoints(register: Any) -> None:
             ),
             format="ddpm",
             arch="ddpm",
-            arch_config=DDPM_256,
+            arch_config=DDPM_256_CONFIG,
             description="CelebA-HQ 256 DDPM (SDEdit release, used by DiffusionCLIP).",
             license_note="SDEdit / DiffusionCLIP release; Hugging Face mirror gwang-kim/DiffusionCLIP-CelebA_HQ.",
         )
@@ -150,12 +140,6 @@ def _align(img: Any, size: int) -> Any:
     from dclip_face.align import align_face
 
     return align_face(img, size)
-
-
-def _build_identity(weights_path: Any, device: Any) -> Any:
-    from dclip_cli.losses.identity import build_facenet
-
-    return build_facenet(weights_path, device)
 
 
 @hookimpl
@@ -174,7 +158,7 @@ def register_identity_models(register: Any) -> None:
     register(
         IdentityModel(
             name="facenet-vggface2",
-            build=_build_identity,
+            build=build_facenet,
             checkpoint="facenet-vggface2",
             description="facenet-pytorch InceptionResnetV1 trained on VGGFace2 (512-d embeddings).",
         )

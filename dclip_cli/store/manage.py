@@ -1,13 +1,11 @@
-"""The checkpoint store: look specs up by name, list, verify, remove and import files.
+"""Managing the store: list, verify, remove and import checkpoints and library edits (``dclip models``).
 
-Specs come from the core (:mod:`dclip_cli.checkpoints.builtin`: CLIP, facenet) and from preset plugins
-(``dclip_cli.presets.manager.get_registry().checkpoints``). Registered names live in the cache; fine-tuned edits
-that are not in the registry (``face/my-edit``) live in the library (:func:`cache.library_dir`).
+Registered names live in the cache; fine-tuned edits that are not in the registry (``face/my-edit``) live in the
+library (:func:`dclip_cli.checkpoints.cache.library_dir`).
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import shutil
 from dataclasses import dataclass
@@ -15,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from dclip_cli.checkpoints import cache
-from dclip_cli.checkpoints.builtin import CORE_SPECS
 from dclip_cli.checkpoints.download import _mismatch, hash_file
 from dclip_cli.checkpoints.registry import CheckpointSpec
 from dclip_cli.errors import (
@@ -23,54 +20,11 @@ from dclip_cli.errors import (
     CheckpointNotCachedError,
     ChecksumMismatchError,
     ConfigError,
-    StateDictMismatchError,
     UnknownCheckpointError,
 )
 from dclip_cli.fileio import atomic_path
-
-# -- lookup ---------------------------------------------------------------------------------------------------
-
-
-def all_specs() -> dict[str, CheckpointSpec]:
-    """Every known spec by name: the core's first, then the plugins' (a plugin cannot replace a core name)."""
-    from dclip_cli.presets.manager import get_registry
-
-    specs = dict(CORE_SPECS)
-    for name, spec in get_registry().checkpoints.items():
-        specs.setdefault(name, spec)
-    return specs
-
-
-def get_spec(name: str) -> CheckpointSpec:
-    """Return the spec registered as ``name`` (or with ``name`` among its aliases, such as ``ViT-B/16``).
-
-    Raises:
-        ConfigError: ``name`` is not a valid name (for example it contains ``..``).
-        UnknownCheckpointError: nothing is registered under that name.
-    """
-    cache.validate_name(name)
-    specs = all_specs()
-    if name in specs:
-        return specs[name]
-    for spec in specs.values():
-        if name in spec.aliases:
-            return spec
-    known = sorted(specs) + sorted(a for s in specs.values() for a in s.aliases)
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = f"Did you mean {', '.join(close)}? " if close else ""
-    raise UnknownCheckpointError(
-        f"No checkpoint named {name!r} is registered.",
-        hint=hint + "Run 'dclip models list' to see the registered checkpoints.",
-    )
-
-
-def find_spec(name: str) -> CheckpointSpec | None:
-    """Like :func:`get_spec`, but ``None`` for an unknown name."""
-    try:
-        return get_spec(name)
-    except UnknownCheckpointError:
-        return None
-
+from dclip_cli.presets.manager import get_registry
+from dclip_cli.store.specs import all_specs, find_spec, get_spec
 
 # -- listing --------------------------------------------------------------------------------------------------
 
@@ -342,12 +296,8 @@ _MARKERS: dict[str, tuple[str, ...]] = {
 
 
 def _load_state_dict(path: Path) -> dict[str, Any]:
-    try:
-        from dclip_cli.models.io import load_state_dict_file
-    except ImportError:  # pragma: no cover - the models package ships with dclip
-        import torch
+    from dclip_cli.models.io import load_state_dict_file
 
-        return dict(torch.load(path, map_location="cpu", weights_only=True))
     return load_state_dict_file(path)
 
 
@@ -391,37 +341,10 @@ def check_file(path: Path, spec: CheckpointSpec | None) -> str | None:
             hint="Check that you downloaded the right file.",
         )
     if spec is not None and spec.arch and spec.arch_config and found in ("ddpm", "adm"):
-        _check_keys(path, state_dict, spec)
+        from dclip_cli.models.build import check_arch_keys
+
+        check_arch_keys(state_dict, spec.arch, spec.arch_config, what=f"{path} ({spec.name!r})")
     return found
-
-
-def _check_keys(path: Path, state_dict: dict[str, Any], spec: CheckpointSpec) -> None:
-    try:
-        from dclip_cli.models import build_model
-    except ImportError:  # the model builder is not available: the marker check above must do
-        return
-    assert spec.arch is not None and spec.arch_config is not None
-    model = build_model(spec.arch, spec.arch_config)
-    expected = {k: tuple(v.shape) for k, v in model.unet.state_dict().items()}
-    got = {k: tuple(getattr(v, "shape", ())) for k, v in state_dict.items()}
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} with other shapes (e.g. {k}: {got[k]} instead of {expected[k]})")
-        raise StateDictMismatchError(
-            f"{path} does not fit the {spec.arch} architecture of {spec.name!r}: keys "
-            + "; ".join(parts)
-            + ".",
-            hint="Check that you downloaded the file for this checkpoint.",
-        )
 
 
 def import_file(
@@ -500,8 +423,6 @@ def _import_edit(src: Path, name: str, *, overwrite: bool, check: bool) -> Path:
             "your own as <preset>/<edit>, for example face/my-edit.",
         )
     preset = name.split("/", 1)[0]
-    from dclip_cli.presets.manager import get_registry
-
     get_registry().preset(preset)  # raises UnknownPresetError with the installed names
     suffix = src.suffix.lower()
     if suffix not in cache.LIBRARY_SUFFIXES:

@@ -1,0 +1,189 @@
+"""The inputs of an application run: image files expanded and loaded at the preset's size, the domain chosen
+(``--domain`` or CLIP detection), and a ``--latent`` file read and checked."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dclip_cli.errors import ConfigError, ImageError
+
+if TYPE_CHECKING:
+    from dclip_cli.apps.config import SamplingSettings
+    from dclip_cli.apps.session import Session
+    from dclip_cli.detect import Detection
+    from dclip_cli.presets.preset import Preset
+    from dclip_cli.store import LoadedModel
+
+#: size the inputs are prepared at for domain detection (CLIP resizes to its own input size anyway)
+DETECTION_SIZE = 224
+
+
+@dataclass
+class InputImage:
+    """One readable input, prepared at the model size: ``x0`` is (1, 3, S, S) in [-1, 1]."""
+
+    path: Path
+    x0: Any
+    info: dict[str, Any]
+
+
+@dataclass
+class Inputs:
+    """The readable inputs of a run, the unreadable ones with their reason, and the domain chosen for them."""
+
+    preset: Preset
+    detection: Detection | None
+    images: list[InputImage]
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def load_inputs(
+    session: Session, paths: Sequence[Path], size: int, preset: Preset | None = None, *, quiet: bool = False
+) -> tuple[list[InputImage], list[tuple[Path, str]]]:
+    """Load and prepare every input; unreadable ones are returned as ``(path, reason)`` instead.
+
+    ``quiet`` drops preprocessing warnings (used for the detection probe, which is not the model input).
+    """
+    from dclip_cli import images
+
+    aligner = None
+    if preset is not None and preset.preprocess == "align" and preset.aligner:
+        aligner = session.registry.aligners.get(preset.aligner)
+        if aligner is None:
+            session.reporter.warn(
+                f"Preset {preset.name!r} asks for the aligner {preset.aligner!r}, which no plugin registers; "
+                "using a centre crop."
+            )
+    ok: list[InputImage] = []
+    failed: list[tuple[Path, str]] = []
+    for path in paths:
+        try:
+            x0, info = images.load_and_prepare(
+                path, size, aligner=aligner, require_face=session.require_face and not quiet
+            )
+        except ImageError as exc:
+            failed.append((path, exc.message))
+            continue
+        for w in [] if quiet else info.get("warnings", []):
+            session.reporter.warn(w)
+        ok.append(InputImage(path, x0, info))
+    return ok, failed
+
+
+def detect(session: Session, inputs: Sequence[InputImage], label: str) -> tuple[Preset, Detection]:
+    """CLIP zero-shot detection of the domain over the installed presets' domain prompts."""
+    import torch
+
+    from dclip_cli.detect import detect_domain
+
+    if not inputs:
+        raise ImageError("No readable input image was left to detect the domain from.")
+    presets = session.presets()
+    clip = session.clip() if len(presets) > 1 else None
+    x = torch.cat([inp.x0 for inp in inputs]).to(session.device)
+    detection = detect_domain(clip, x, presets, label=label)
+    session.reporter.info(f"Using {detection.describe()}.")
+    return session.preset(detection.preset), detection
+
+
+def prepare_inputs(session: Session, paths: Sequence[str | os.PathLike[str]], domain: str | None) -> Inputs:
+    """Expand the inputs, pick the preset (``--domain`` or detection) and load the inputs at its size.
+
+    Unreadable inputs are reported and kept in :attr:`Inputs.failed`; if none is readable, the first problem is
+    raised.
+    """
+    from dclip_cli.images import expand_inputs
+
+    files = expand_inputs(paths)
+    if domain is not None:
+        preset = session.preset(domain)
+        detection = None
+        ok, failed = load_inputs(session, files, preset.image_size, preset)
+    else:
+        probe, failed = load_inputs(session, files, DETECTION_SIZE, quiet=True)
+        _raise_if_none_readable(probe, failed)
+        label = str(files[0]) if len(files) == 1 else f"{len(probe)} images"
+        preset, detection = detect(session, probe, label)
+        ok, more = load_inputs(session, [p.path for p in probe], preset.image_size, preset)
+        failed.extend(more)
+    for path, reason in failed:
+        session.reporter.warn(f"Skipping {path}: {reason}")
+    _raise_if_none_readable(ok, failed)
+    return Inputs(preset, detection, ok, failed)
+
+
+def _raise_if_none_readable(ok: Sequence[InputImage], failed: Sequence[tuple[Path, str]]) -> None:
+    if ok:
+        return
+    if len(failed) == 1:
+        path, reason = failed[0]
+        raise ImageError(reason, hint="Pass a PNG, JPEG or WebP image.")
+    raise ImageError(
+        f"None of the {len(failed)} inputs could be read.", hint="Pass PNG, JPEG or WebP images."
+    )
+
+
+@dataclass
+class LatentArg:
+    """A ``--latent`` file from ``dclip invert``: ``x`` (1, 3, S, S) and its metadata."""
+
+    path: Path
+    x: Any
+    meta: dict[str, Any]
+
+    @property
+    def t0(self) -> int | None:
+        value = self.meta.get("t0")
+        return int(value) if value is not None else None
+
+    @property
+    def steps(self) -> int | None:
+        value = self.meta.get("steps")
+        return int(value) if value else None
+
+    def check(
+        self, base: LoadedModel, settings: SamplingSettings, inp: InputImage, preset: Preset, session: Session
+    ) -> None:
+        """Refuse a latent made with another model, t0, step count or image size; warn about another image."""
+        from dclip_cli.latents import check_latent
+
+        check_latent(
+            self.meta, path=self.path, model_sha256=base.sha256, t0=settings.t0, steps=settings.n_inv_steps
+        )
+        if tuple(self.x.shape[-3:]) != tuple(inp.x0.shape[-3:]):
+            raise ConfigError(
+                f"The latent {self.path} has shape {tuple(self.x.shape)}, which does not fit the preset's "
+                f"{preset.image_size}x{preset.image_size} images.",
+                hint=f"Invert the image with 'dclip invert --domain {preset.name}'.",
+            )
+        image_sha = self.meta.get("image_sha256")
+        if image_sha and image_sha != inp.info.get("image_sha256"):
+            session.reporter.warn(f"The latent {self.path} was inverted from another image than {inp.path}.")
+
+
+def read_latent_arg(
+    latent: str | os.PathLike[str] | None, n_inputs: int, requested_t0: int | None
+) -> LatentArg | None:
+    """Read ``--latent`` (one input only) and refuse a ``--t0`` that contradicts it."""
+    from dclip_cli.latents import load_latent
+
+    if latent is None:
+        return None
+    path = Path(latent)
+    if n_inputs != 1:
+        raise ConfigError(
+            f"--latent gives the inversion of one image, but {n_inputs} images were given.",
+            hint="Pass the one image the latent was inverted from.",
+        )
+    x_lat, meta = load_latent(path)
+    arg = LatentArg(path, x_lat.unsqueeze(0) if x_lat.dim() == 3 else x_lat, dict(meta or {}))
+    if arg.t0 is not None and requested_t0 is not None and arg.t0 != requested_t0:
+        raise ConfigError(
+            f"The latent {path} was inverted to t0 = {arg.t0}, but --t0 {requested_t0} was given.",
+            hint="Drop --t0 (the latent's t0 is used), or invert again with 'dclip invert --t0'.",
+        )
+    return arg

@@ -1,0 +1,201 @@
+"""``dclip mix``: multi-attribute editing by noise combination (reference section 7.2, dclip's fixed version).
+
+The members, in order: one edit model per ``to`` (resolved as in ``dclip edit``), then one per ``models`` entry (a
+file or name), then the base model when ``with_base``. At each generation step the members' noise predictions are
+combined with the weights of the schedule entry whose threshold is the first one <= t (weights normalised).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from dclip_cli.apps.config import AutoFinetune, Outputs, Runtime, Sampling, resolve_sampling, resolve_t0
+from dclip_cli.apps.inputs import prepare_inputs, read_latent_arg
+from dclip_cli.apps.pipeline import GENERATING, INVERTING, RECONSTRUCTING, Run, RunReport
+from dclip_cli.apps.resolve import resolve_edit_model
+from dclip_cli.apps.schedule import MixEntry, default_mix_schedule, format_mix_schedule, parse_mix_schedule
+from dclip_cli.apps.session import Session
+from dclip_cli.errors import ConfigError, InvalidScheduleError
+from dclip_cli.progress import ProgressCallback, Reporter
+
+
+def member_names(to: Sequence[str], models: Sequence[str], with_base: bool) -> list[str]:
+    """The members' labels in schedule order: each ``--to``, each ``--model``'s file name, then ``base``."""
+    return [*to, *(Path(m).name for m in models), *(["base"] if with_base else [])]
+
+
+def mix_images(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    to: Sequence[str] = (),
+    models: Sequence[str] = (),
+    with_base: bool = False,
+    schedule: str | Sequence[MixEntry] | None = None,
+    src: str | None = None,
+    domain: str | None = None,
+    latent: str | os.PathLike[str] | None = None,
+    sampling: Sampling = Sampling(),
+    outputs: Outputs = Outputs(),
+    runtime: Runtime = Runtime(),
+    auto: AutoFinetune = AutoFinetune(),
+    progress: Reporter | ProgressCallback | None = None,
+    session: Session | None = None,
+) -> RunReport:
+    """Edit images with several edit models at once, mixing their noise predictions along ``schedule``.
+
+    Args:
+        to: named edits or free texts, one member each.
+        models: edit model files or names, one member each (after the ``to`` members).
+        with_base: add the base model as the last member.
+        schedule: a ``--schedule`` string (``"300:0.5,0.5;0:0.3,0.7"``), parsed entries, or ``None`` for equal
+            weights at every step. Validated before any model is loaded.
+        Other arguments: as for :func:`dclip_cli.apps.edit.edit_images`.
+    """
+    from dclip_cli.diffusion.mixing import mix
+    from dclip_cli.metrics import compute_metrics
+    from dclip_cli.outputs import plan_images
+    from dclip_cli.textedit import TextEdit, parse_target, slugify
+
+    # 1. the schedule, before anything is loaded
+    names = member_names(to, models, with_base)
+    if not to and not models:
+        raise ConfigError("dclip mix needs at least one --to or --model.", hint="Pass --to A --to B.")
+    if isinstance(schedule, str):
+        entries = parse_mix_schedule(schedule, len(names), member_names=names)
+    elif schedule is None:
+        entries = default_mix_schedule(len(names))
+    else:
+        entries = list(schedule)
+        if any(len(e.weights) != len(names) for e in entries):
+            raise InvalidScheduleError(
+                f"Every schedule entry needs {len(names)} weights ({', '.join(names)})."
+            )
+    session = session or Session(runtime, progress=progress)
+    reporter = session.reporter
+
+    # 2. inputs, domain, targets, outputs
+    inputs = prepare_inputs(session, paths, domain)
+    preset = inputs.preset
+    targets = [parse_target(preset, t, src) for t in to]
+    tag = "mix-" + "+".join([*(t.tag for t in targets), *(slugify(Path(m).stem) for m in models)])
+    tag += "+base" if with_base else ""
+    lat = read_latent_arg(latent, len(inputs.images), sampling.t0)
+    plans = plan_images(
+        [inp.path for inp in inputs.images], tag, outputs.output, compare=outputs.compare,
+        overwrite=outputs.overwrite,
+    )  # fmt: skip
+    run = Run(session, "mix", inputs, plans, outputs)
+    lat_t0, lat_steps = (lat.t0, lat.steps) if lat is not None else (None, None)
+    settings = resolve_sampling(
+        preset, sampling, inv_steps=lat_steps,
+        t0=resolve_t0(preset, requested=sampling.t0, latent=lat_t0, edits=[t.t0 for t in targets]),
+    )  # fmt: skip
+
+    # 3. the members
+    with run.timings.measure("model"):
+        base = session.base(preset)
+        members = [
+            resolve_edit_model(
+                session,
+                preset,
+                target,
+                t0=settings.t0,
+                n_inv_steps=settings.n_inv_steps,
+                n_gen_steps=settings.n_gen_steps,
+                auto=auto,
+                finetune_images=[inp.path for inp in inputs.images],
+                seed=sampling.seed,
+            )  # fmt: skip
+            for target in targets
+        ]
+        for m in models:
+            placeholder = TextEdit(slugify(Path(m).stem), src or preset.source_text, m)
+            members.append(
+                resolve_edit_model(
+                    session,
+                    preset,
+                    placeholder,
+                    t0=settings.t0,
+                    n_inv_steps=settings.n_inv_steps,
+                    n_gen_steps=settings.n_gen_steps,
+                    model=m,
+                )  # fmt: skip
+            )
+        eps_models = [session.fast(m.model) for m in members] + (
+            [session.fast(base.model)] if with_base else []
+        )
+        mixed = mix(eps_models, [(e.threshold, list(e.weights)) for e in entries])
+        metric_models = session.metric_models(preset, outputs.metrics)
+    if lat is not None:
+        lat.check(base, settings, inputs.images[0], preset, session)
+    reporter.info(f"Mixing {', '.join(names)} with the schedule {format_mix_schedule(entries)}.")
+    if sampling.t0 is None and lat_t0 is None:
+        member_t0s = sorted({m.t0 for m in members if m.t0 is not None})
+        if len(member_t0s) > 1:
+            reporter.warn(
+                f"The edit models were fine-tuned at different t0 ({', '.join(map(str, member_t0s))}); "
+                f"using t0 = {settings.t0}. Pass --t0 to choose."
+            )
+        # every member was fine-tuned at one t0: use it, as dclip edit does with its edit model
+        t0 = resolve_t0(preset, models=[m.t0 for m in members], edits=[settings.t0])
+        if t0 != settings.t0:
+            settings = resolve_sampling(preset, sampling, t0=t0, inv_steps=lat_steps)
+    need_rec = "psnr" in outputs.metrics or outputs.compare
+
+    # 4. batches
+    n = run.n_batches
+    run.plan(
+        {
+            INVERTING: (settings.n_inv_steps - 1) * n if lat is None else 0,
+            GENERATING: len(eps_models) * settings.n_gen_steps * n,
+            RECONSTRUCTING: settings.n_gen_steps * n if need_rec else 0,
+        },
+        base.model,
+    )
+    # texts for the CLIP metrics: the combined target of the --to edits
+    src_text = targets[0].src if targets else (src or preset.source_text)
+    trg_text = " and ".join(t.trg for t in targets) if targets else None
+    member_docs = [m.record("mix-member") for m in members] + (
+        [base.record("mix-member")] if with_base else []
+    )
+    for batch in run.batches():
+        x0 = batch.x0
+        with batch.timings.measure("inversion"):
+            x_lat, x_rec = run.invert(base, x0, settings, need_rec=need_rec, latent=lat.x if lat else None)
+        with batch.timings.measure("generation"):
+            x_mix = run.generate(mixed, x_lat, settings)
+        with batch.timings.measure("metrics"):
+            rows = compute_metrics(
+                metric_models, x_src=x0, x_edit=x_mix, src_text=src_text, trg_text=trg_text,
+                x_rec=x_rec if "psnr" in outputs.metrics else None,
+            )  # fmt: skip
+        own = {
+            "members": names,
+            "to": list(to),
+            "models": [str(m) for m in models],
+            "with_base": with_base,
+            "schedule": format_mix_schedule(entries),
+            "schedule_normalized": [
+                {"threshold": e.threshold, "weights": list(e.normalized)} for e in entries
+            ],
+            "src_text": src_text,
+            "trg_text": trg_text,
+            "latent": str(Path(latent).resolve()) if latent is not None else None,
+        }
+        for i, (inp, plan) in enumerate(batch.items):
+            compare = None
+            if x_rec is not None:
+                compare = (
+                    [x0[i], x_rec[i], x_mix[i]],
+                    ["input", "reconstruction", f"mix: {', '.join(names)}"],
+                )
+            run.write(
+                inp, plan, main=x_mix[i], compare=compare, metrics=rows[i],
+                doc=lambda inp=inp, plan=plan, row=rows[i], batch=batch, own=own: run.sidecar(
+                    inp, plan, batch, settings=own, sampling=settings, models=[base, *member_docs],
+                    metric_models=metric_models, metrics=row,
+                ),
+            )  # fmt: skip
+    return run.report([base, *members])

@@ -1,0 +1,350 @@
+"""The batch loop the editing applications share: invert (through the latent cache), generate, write each input's
+outputs with its sidecar, and report.
+
+``edit``, ``mix`` and ``translate`` differ only in the eps-model they generate with and in what they record; a
+:class:`Run` holds everything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dclip_cli.apps.config import Outputs, SamplingSettings, batches
+from dclip_cli.apps.inputs import InputImage, Inputs
+
+if TYPE_CHECKING:
+    from dclip_cli.apps.session import Session
+    from dclip_cli.manifest import Timings
+    from dclip_cli.outputs import OutputSet
+    from dclip_cli.store import LoadedModel
+
+#: progress labels of the phases
+INVERTING, RECONSTRUCTING, GENERATING, PROJECTING = "Inverting", "Reconstructing", "Generating", "Projecting"
+
+
+@dataclass
+class ImageResult:
+    """What one input produced.
+
+    Args:
+        input: the input file.
+        outputs: the files written.
+        metrics: metric values of the main output (see :mod:`dclip_cli.metrics`).
+        manifest: the sidecar document.
+    """
+
+    input: Path
+    outputs: OutputSet
+    metrics: dict[str, float]
+    manifest: dict[str, Any]
+
+
+@dataclass
+class RunReport:
+    """The outcome of :func:`edit_images`, :func:`mix_images` or :func:`translate_images`.
+
+    Args:
+        results: one entry per input that was processed.
+        failed: ``(input, reason)`` for each input that could not be read.
+        preset: the preset (domain) used.
+        detection: how the domain was chosen.
+        models: the diffusion models used (base first).
+    """
+
+    results: list[ImageResult]
+    failed: list[tuple[Path, str]]
+    preset: str
+    detection: Any
+    models: list[LoadedModel]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@dataclass
+class Batch:
+    """One batch of inputs with their planned outputs; ``x0`` is (B, 3, S, S) on the session's device."""
+
+    items: Sequence[tuple[InputImage, OutputSet]]
+    x0: Any
+    timings: Timings
+
+
+class Run:
+    """One run of an editing application over its inputs.
+
+    Args:
+        session: the session.
+        command: ``edit``, ``mix`` or ``translate`` (recorded in the sidecars).
+        inputs: the prepared inputs and the domain.
+        plans: the planned outputs, one per input.
+        outputs: the output settings.
+    """
+
+    def __init__(
+        self, session: Session, command: str, inputs: Inputs, plans: Sequence[OutputSet], outputs: Outputs
+    ) -> None:
+        from dclip_cli.manifest import Timings
+
+        self.session = session
+        self.command = command
+        self.inputs = inputs
+        self.preset = inputs.preset
+        self.plans = list(plans)
+        self.outputs = outputs
+        self.timings = Timings()  # the phases before the batches (loading models)
+        self.started = time.perf_counter()
+        self.results: list[ImageResult] = []
+        self.totals: dict[str, int] = {}
+        self._batches = batches(list(zip(inputs.images, self.plans, strict=True)), session.runtime.batch_size)
+
+    @property
+    def reporter(self) -> Any:
+        return self.session.reporter
+
+    @property
+    def n_batches(self) -> int:
+        return len(self._batches)
+
+    def first_batch(self) -> Any:
+        """The inputs of the first batch on the device (what the time estimate runs on)."""
+        import torch
+
+        return torch.cat([inp.x0 for inp, _ in self._batches[0]]).to(self.session.device)
+
+    def plan(self, totals: dict[str, int], model: Any) -> None:
+        """Set the number of UNet calls of each phase (by progress label) and, before a long CPU run, announce
+        the time estimate of them all, timed on ``model`` and the first batch."""
+        self.totals = {label: n for label, n in totals.items() if n}
+        self.session.announce_estimate(model, self.first_batch(), sum(self.totals.values()))
+
+    def batches(self) -> Iterator[Batch]:
+        import torch
+
+        from dclip_cli.manifest import Timings
+
+        for items in self._batches:
+            x0 = torch.cat([inp.x0 for inp, _ in items]).to(self.session.device)
+            yield Batch(items, x0, Timings())
+
+    # -- the diffusion steps ---------------------------------------------------------------------------------------
+
+    def callback(self, label: str) -> Callable[[dict[str, Any]], None]:
+        """A DDIM callback advancing the ``label`` bar by one model call (its total from :meth:`plan`)."""
+        total = self.totals.get(label)
+
+        def callback(info: dict[str, Any]) -> None:
+            self.reporter.progress(label, total=total, status=f"t = {info.get('t')}")
+
+        return callback
+
+    def generate(self, model: Any, x_lat: Any, settings: SamplingSettings, label: str = GENERATING) -> Any:
+        """DDIM generation from ``x_lat``; η noise from per-image generators seeded with ``settings.seed`` and the
+        latent's content, so the base reconstruction and a strength-0 edit are the same computation and no result
+        depends on the batch size."""
+        import torch
+
+        from dclip_cli.diffusion.ddim import generate
+
+        generator = settings.generators(self.session.device, x_lat) if settings.eta > 0 else None
+        with torch.no_grad():
+            return generate(
+                model, x_lat, t0=settings.t0, n_steps=settings.n_gen_steps, eta=settings.eta, generator=generator,
+                callback=self.callback(label),
+            )  # fmt: skip
+
+    def invert(
+        self,
+        base: LoadedModel,
+        x0: Any,
+        settings: SamplingSettings,
+        *,
+        need_rec: bool,
+        latent: Any = None,
+        use_cache: bool = True,
+    ) -> tuple[Any, Any]:
+        """DDIM inversion with the base model (always the base model, η = 0; reference sections 5 and 7.1) and,
+        when ``need_rec``, the base model's reconstruction generated with the run's settings.
+
+        Inversions are kept in the content-keyed latent cache (image content, base SHA-256, t0, inversion steps;
+        FIX 12); the cached reconstruction is reused when it is the same computation (same step count, η = 0).
+
+        Returns:
+            ``(x_lat, x_rec)``, both (B, 3, S, S) on the session's device; ``x_rec`` is ``None`` unless
+            ``need_rec``.
+        """
+        import torch
+
+        from dclip_cli.diffusion.ddim import invert
+
+        session = self.session
+        fast_base = session.fast(base.model)
+        if latent is not None:
+            x_lat = latent.to(session.device)
+            return x_lat, (self.generate(fast_base, x_lat, settings, RECONSTRUCTING) if need_rec else None)
+        n = x0.shape[0]
+        same = settings.n_gen_steps == settings.n_inv_steps and settings.eta == 0
+        cache = None
+        lat: list[Any] = [None] * n
+        rec: list[Any] = [None] * n
+        key = session.latent_key(str(base.sha256))
+        if use_cache and base.sha256:
+            from dclip_cli.checkpoints.cache import cache_dir
+            from dclip_cli.latents import LatentCache
+
+            cache = LatentCache(cache_dir() / "latents")
+            for i in range(n):
+                hit = cache.get_latent(x0[i : i + 1].detach().cpu(), key, settings.t0, settings.n_inv_steps)
+                if hit is not None:
+                    lat[i] = hit[0].to(session.device)
+                    rec[i] = hit[1].to(session.device) if same and hit[1] is not None else None
+        misses = [i for i in range(n) if lat[i] is None]
+        had_rec = [r is not None for r in rec]
+        if misses:
+            x_miss = invert(fast_base, x0[misses], t0=settings.t0, n_steps=settings.n_inv_steps,
+                            callback=self.callback(INVERTING))  # fmt: skip
+            for j, i in enumerate(misses):
+                lat[i] = x_miss[j : j + 1]
+        else:
+            self.reporter.progress(INVERTING, advance=settings.n_inv_steps - 1, total=self.totals.get(INVERTING),
+                                   status="cached")  # fmt: skip
+        x_lat = torch.cat(lat)
+        x_rec = None
+        if need_rec:
+            if all(r is not None for r in rec):
+                x_rec = torch.cat(rec)
+                self.reporter.progress(RECONSTRUCTING, advance=settings.n_gen_steps,
+                                       total=self.totals.get(RECONSTRUCTING), status="cached")  # fmt: skip
+            else:
+                x_rec = self.generate(fast_base, x_lat, settings, RECONSTRUCTING)
+        if cache is not None:
+            # every new latent is stored; its reconstruction too when it is the same computation (N steps, η = 0)
+            keep_rec = x_rec is not None and same
+            for i in range(n):
+                if i in misses or (keep_rec and not had_rec[i]):
+                    cache.put(
+                        x0[i : i + 1].detach().cpu(), key, settings.t0, settings.n_inv_steps, x_lat[i : i + 1],
+                        x_rec[i : i + 1] if keep_rec and x_rec is not None else None,
+                    )  # fmt: skip
+        return x_lat, x_rec
+
+    # -- outputs -------------------------------------------------------------------------------------------------
+
+    def sidecar(
+        self,
+        inp: InputImage,
+        plan: OutputSet,
+        batch: Batch,
+        *,
+        settings: dict[str, Any],
+        sampling: SamplingSettings,
+        models: Sequence[LoadedModel | dict[str, Any]],
+        metric_models: Any,
+        metrics: dict[str, float],
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The sidecar document of one input: the command's ``settings`` after the shared ones."""
+        from dclip_cli.manifest import build_manifest, input_record
+
+        session = self.session
+        detection = self.inputs.detection
+        shared = {
+            "domain": self.preset.name,
+            "domain_detection": (
+                {"method": "requested"}
+                if detection is None
+                else {
+                    "method": detection.method,
+                    "confidence": detection.confidence,
+                    "scores": detection.scores,
+                }
+            ),
+        }
+        common = {
+            "t0": sampling.t0,
+            "n_inv_steps": sampling.n_inv_steps,
+            "n_gen_steps": sampling.n_gen_steps,
+            "eta": sampling.eta,
+            "batch_size": session.runtime.batch_size,
+            "precision": session.precision_name(),
+            "clip_model": session.clip_model,
+            "metrics": list(self.outputs.metrics),
+            "device": str(session.device),
+        }
+        docs = [m if isinstance(m, dict) else m.record() for m in models]
+        if metric_models.clip is not None:
+            docs.append(session.clip_record())
+        docs.extend(session.extra_models)
+        outputs_doc: dict[str, Any] = {
+            "image": str(plan.image.resolve()),
+            "compare": str(plan.compare.resolve()) if plan.compare is not None else None,
+            "sidecar": str(plan.sidecar.resolve()),
+        }
+        if plan.intermediates:
+            outputs_doc["intermediates"] = [str(p.resolve()) for p in plan.intermediates]
+        return build_manifest(
+            command=self.command,
+            inputs=[input_record(inp.path)],
+            outputs=outputs_doc,
+            settings={**shared, **common, **settings},
+            seed=sampling.seed,
+            models=docs,
+            timings={
+                **self.timings.phases,
+                **batch.timings.phases,
+                "total": time.perf_counter() - self.started,
+            },
+            metrics=metrics,
+            device=str(session.device),
+            extra=extra or {},
+        )
+
+    def write(
+        self,
+        inp: InputImage,
+        plan: OutputSet,
+        *,
+        main: Any,
+        compare: tuple[list[Any], list[str]] | None,
+        intermediates: Sequence[Any] = (),
+        metrics: dict[str, float],
+        doc: Callable[[], dict[str, Any]],
+    ) -> None:
+        """Write one input's image, optional compare sheet and intermediates, then its sidecar; on any failure
+        remove what was written for it, so no partial set is left."""
+        from dclip_cli import images
+        from dclip_cli.manifest import write_manifest
+
+        overwrite = self.outputs.overwrite
+        written: list[Path] = []
+        try:
+            images.save_image(main, plan.image, overwrite=overwrite)
+            written.append(plan.image)
+            if plan.compare is not None and compare is not None:
+                images.save_image(
+                    images.image_grid(compare[0], compare[1]), plan.compare, overwrite=overwrite
+                )
+                written.append(plan.compare)
+            for path, x in zip(plan.intermediates, intermediates, strict=True):
+                images.save_image(x, path, overwrite=overwrite)
+                written.append(path)
+            document = doc()
+            write_manifest(plan.sidecar, document, overwrite=overwrite)
+            written.append(plan.sidecar)
+        except BaseException:
+            for p in written:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            raise
+        self.results.append(ImageResult(inp.path, plan, metrics, document))
+
+    def report(self, models: Sequence[LoadedModel]) -> RunReport:
+        return RunReport(
+            self.results, self.inputs.failed, self.preset.name, self.inputs.detection, list(models)
+        )

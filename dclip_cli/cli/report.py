@@ -1,0 +1,95 @@
+"""What the run commands print when they finish: output paths on stdout (or JSON), the metrics table on stderr,
+and the inputs that were skipped; plus the small option helpers they share."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+
+def apply_quiet(ctx: typer.Context, quiet: bool) -> None:
+    """Honour a command-level ``--quiet`` (the same as the global one)."""
+    from dclip_cli import console
+    from dclip_cli.cli._common import get_state
+
+    state = get_state(ctx)
+    if quiet:
+        state.quiet = True
+        console.configure(quiet=True, verbose=state.verbose)
+
+
+def parse_option(param: str, parse: Any, value: Any) -> Any:
+    """Run a library parser on an option value, turning its :class:`ConfigError` into a usage error (exit 2)."""
+    from dclip_cli.errors import ConfigError
+
+    try:
+        return parse(value)
+    except ConfigError as exc:
+        message = exc.message + (f" {exc.hint}" if exc.hint else "")
+        raise typer.BadParameter(message, param_hint=f"'{param}'") from None
+
+
+def metrics_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> Any:
+    """A Rich table with one row per output and one column per metric present."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from dclip_cli.metrics import METRICS
+
+    keys = [k for k in METRICS if any(k in r for _, r in rows)] + sorted(
+        {k for _, r in rows for k in r if k not in METRICS}
+    )
+    table = Table(title=title)
+    table.add_column("output", style="bold")
+    for key in keys:
+        label, higher = METRICS.get(key, (key, True))
+        table.add_column(f"{label} {'↑' if higher else '↓'}", justify="right")
+    for name, row in rows:
+        table.add_row(escape(name), *(_fmt(row.get(k)) for k in keys))
+    return table
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == float("inf"):
+        return "inf"
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def render_report(report: Any, *, as_json: bool, title: str) -> None:
+    """Print a run's outputs (stdout), its metrics table (stderr) and skipped inputs; exit 1 if any failed."""
+    from rich.markup import escape
+
+    from dclip_cli import console
+
+    if as_json:
+        console.out.print_json(json.dumps([r.manifest for r in report.results]))
+    else:
+        for r in report.results:
+            for path in [r.outputs.image, r.outputs.compare, *r.outputs.intermediates]:
+                if path is not None:
+                    console.out.print(str(path), markup=False, highlight=False, soft_wrap=True)
+    if not console.is_quiet() and report.results and any(r.metrics for r in report.results):
+        rows = [(r.outputs.image.name, r.metrics) for r in report.results]
+        console.err.print(metrics_table(title, rows))
+    if report.failed:
+        names = ", ".join(escape(str(p)) for p, _ in report.failed)
+        console.err.print(
+            f"[bold red]Error:[/bold red] {len(report.failed)} of {len(report.failed) + len(report.results)} "
+            f"input(s) could not be read and were skipped: {names}.",
+            highlight=False,
+        )
+        raise typer.Exit(code=1)
+
+
+def start_run(ctx: typer.Context, quiet: bool) -> None:
+    """What every compute command does first: honour ``--quiet``, load the plugins (printing their warnings once)
+    and tune the process for the device."""
+    from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
+
+    apply_quiet(ctx, quiet)
+    load_registry_with_warnings()
+    tune_runtime(get_state(ctx))

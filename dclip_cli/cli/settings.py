@@ -1,0 +1,130 @@
+"""The options ``edit``, ``mix`` and ``translate`` share, declared once and turned into the library's settings
+records once per command.
+
+:func:`run_options` adds the shared options to a command's signature (so Typer shows and parses them like the
+command's own) and hands the command one :class:`RunSettings` instead: the :class:`~dclip_cli.apps.config.Sampling`,
+:class:`~dclip_cli.apps.config.Outputs`, :class:`~dclip_cli.apps.config.Runtime` and
+:class:`~dclip_cli.apps.config.AutoFinetune` records plus the display switches. Building them imports no torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+
+from dclip_cli.apps.config import AutoFinetune, Outputs, Runtime, Sampling
+from dclip_cli.cli.options import (
+    BatchSizeOpt,
+    ClipModelOpt,
+    CompileOpt,
+    EtaOpt,
+    FinetuneOpt,
+    FinetuneSamplesOpt,
+    InvStepsOpt,
+    JsonOpt,
+    MetricsOpt,
+    OutputOpt,
+    OverwriteOpt,
+    Precision,
+    PrecisionOpt,
+    QuietOpt,
+    RequireFaceOpt,
+    SeedOpt,
+    StepsOpt,
+    T0Opt,
+)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the shared options of a run command say."""
+
+    sampling: Sampling
+    outputs: Outputs
+    runtime: Runtime
+    auto: AutoFinetune
+    as_json: bool = False
+    quiet: bool = False
+
+
+def _shared_parameters(compare_help: str) -> list[inspect.Parameter]:
+    """The shared options, in ``--help`` order, as keyword-only parameters with their defaults."""
+    compare_opt = Annotated[bool, typer.Option("--compare", help=compare_help)]
+    spec: list[tuple[str, Any, Any]] = [
+        ("t0", T0Opt, None),
+        ("inv_steps", InvStepsOpt, None),
+        ("steps", StepsOpt, None),
+        ("eta", EtaOpt, 0.0),
+        ("seed", SeedOpt, 0),
+        ("batch_size", BatchSizeOpt, 4),
+        ("compare", compare_opt, False),
+        ("output", OutputOpt, None),
+        ("overwrite", OverwriteOpt, False),
+        ("clip_model", ClipModelOpt, "ViT-B/16"),
+        ("metrics", MetricsOpt, "all"),
+        ("finetune", FinetuneOpt, True),
+        ("finetune_samples", FinetuneSamplesOpt, 8),
+        ("as_json", JsonOpt, False),
+        ("quiet", QuietOpt, False),
+        ("require_face", RequireFaceOpt, False),
+        ("precision", PrecisionOpt, Precision.auto),
+        ("compile", CompileOpt, False),
+    ]
+    return [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d) for n, a, d in spec]
+
+
+def build_settings(ctx: typer.Context, values: dict[str, Any]) -> RunSettings:
+    """The settings records from the shared options' values (``--metrics`` parsed; the global ``--device``)."""
+    from dclip_cli.apps.config import parse_metrics
+    from dclip_cli.cli._common import get_state
+    from dclip_cli.cli.report import parse_option
+
+    state = get_state(ctx)
+    return RunSettings(
+        sampling=Sampling(
+            t0=values["t0"], inv_steps=values["inv_steps"], steps=values["steps"], eta=values["eta"],
+            seed=values["seed"],
+        ),
+        outputs=Outputs(
+            output=values["output"], overwrite=values["overwrite"], compare=values["compare"],
+            metrics=parse_option("--metrics", parse_metrics, values["metrics"]),
+        ),
+        runtime=Runtime(
+            device=state.device, precision=values["precision"].value, compile=values["compile"],
+            clip_model=values["clip_model"], batch_size=values["batch_size"], require_face=values["require_face"],
+        ),
+        auto=AutoFinetune(allowed=values["finetune"], samples=values["finetune_samples"]),
+        as_json=values["as_json"],
+        quiet=values["quiet"],
+    )  # fmt: skip
+
+
+def run_options(*, compare_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command the shared run options; the command takes ``ctx`` and ``run: RunSettings`` instead of them.
+
+    Args:
+        compare_help: the ``--compare`` help of this command (what its comparison sheet shows).
+    """
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = inspect.signature(command, eval_str=True)
+        shared = _shared_parameters(compare_help)
+        names = [p.name for p in shared]
+        params = [p for p in own.parameters.values() if p.name != "run"] + shared
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in names}
+            kwargs["run"] = build_settings(kwargs["ctx"], values)
+            return command(*args, **kwargs)
+
+        wrapper.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
