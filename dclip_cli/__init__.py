@@ -27,6 +27,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Outputs": ("dclip_cli.apps.config", "Outputs"),
     "Runtime": ("dclip_cli.apps.config", "Runtime"),
     "AutoFinetune": ("dclip_cli.apps.config", "AutoFinetune"),
+    "RunConfig": ("dclip_cli.apps.config", "RunConfig"),
     "Session": ("dclip_cli.apps.session", "Session"),
     # fine-tuning
     "FinetuneConfig": ("dclip_cli.training.config", "FinetuneConfig"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dclip_cli.apps import (
     AutoFinetune,
     Outputs,
+    RunConfig,
     Runtime,
     Sampling,
     edit_images,
@@ -47,6 +48,7 @@ __all__ = [
     "AutoFinetune",
     "FinetuneConfig",
     "Outputs",
+    "RunConfig",
     "Runtime",
     "Sampling",
     "all_specs",

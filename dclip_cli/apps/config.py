@@ -6,7 +6,8 @@ A command builds them once (``dclip_cli.cli.settings``) and hands them to ``edit
 * :class:`Sampling`: t0, inversion and generation steps, eta, seed (``None`` means "the preset's");
 * :class:`Outputs`: where results go, overwriting, the comparison sheet, which metrics;
 * :class:`Runtime`: device, precision, ``torch.compile``, CLIP model, batch size, face requirement;
-* :class:`AutoFinetune`: whether (and how) an edit may fine-tune a model on the fly.
+* :class:`AutoFinetune`: whether (and how) an edit may fine-tune a model on the fly;
+* :class:`RunConfig`: the four together, what every application takes.
 
 :func:`resolve_sampling` turns a :class:`Sampling` into checked :class:`SamplingSettings` for one preset, with t0
 chosen from its five possible sources by :func:`resolve_t0`.
@@ -32,6 +33,14 @@ DEFAULT_BATCH_SIZE = 4
 QUICK_SAMPLES = 8
 #: at most this many input images join the quick on-the-fly fine-tuning
 QUICK_MAX_IMAGES = 8
+
+
+def check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(
+            f"--batch-size must be a positive integer, got {batch_size!r}.", hint="Use --batch-size 1."
+        )
+    return batch_size
 
 
 @dataclass(frozen=True)
@@ -109,16 +118,19 @@ class AutoFinetune:
 
 
 @dataclass(frozen=True)
-class SamplingSettings:
-    """Resolved, checked DDIM settings of a run.
+class RunConfig:
+    """The settings an application run takes, together (each part defaults to its defaults)."""
 
-    Args:
-        t0: return step.
-        n_inv_steps: points of the inversion sequence.
-        n_gen_steps: points of the generation sequence.
-        eta: DDIM η of generation.
-        seed: seed of the η noise and of translation's q-sample noise.
-    """
+    sampling: Sampling = Sampling()
+    outputs: Outputs = Outputs()
+    runtime: Runtime = Runtime()
+    auto: AutoFinetune = AutoFinetune()
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The DDIM settings of a run once decided and checked: :class:`Sampling` with every gap filled
+    (``n_inv_steps``/``n_gen_steps`` for ``inv_steps``/``steps``)."""
 
     t0: int
     n_inv_steps: int
@@ -246,14 +258,6 @@ def check_strength(strength: float) -> float:
             hint="0 reproduces the base model's reconstruction, 1 is the full edit.",
         )
     return float(strength)
-
-
-def check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(
-            f"--batch-size must be a positive integer, got {batch_size!r}.", hint="Use --batch-size 1."
-        )
-    return batch_size
 
 
 def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:

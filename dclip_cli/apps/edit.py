@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from dclip_cli.apps.config import (
-    AutoFinetune,
-    Outputs,
-    Runtime,
-    Sampling,
+    RunConfig,
     check_strength,
     resolve_sampling,
     resolve_t0,
@@ -42,10 +40,7 @@ def edit_images(
     strength: float = 1.0,
     sweep: Sequence[float] | None = None,
     latent: str | os.PathLike[str] | None = None,
-    sampling: Sampling = Sampling(),
-    outputs: Outputs = Outputs(),
-    runtime: Runtime = Runtime(),
-    auto: AutoFinetune = AutoFinetune(),
+    config: RunConfig = RunConfig(),
     progress: Reporter | ProgressCallback | None = None,
     session: Session | None = None,
 ) -> RunReport:
@@ -61,12 +56,10 @@ def edit_images(
             reconstruction, 1 the full edit.
         sweep: several strengths; writes one contact sheet per input instead of the edited image.
         latent: a latent file from ``dclip invert`` (one input only), skipping inversion.
-        sampling: t0 (default: the latent's, the edit model's, the named edit's, or the preset's), steps, eta,
-            seed.
-        outputs: where results go, overwriting, ``compare`` sheets, metrics.
-        runtime: device, precision, compile, CLIP model, batch size, face requirement (a given ``session``'s
-            win).
-        auto: on-the-fly fine-tuning when no edit model is found.
+        config: ``sampling`` (t0, by default the latent's, the edit model's, the named edit's or the preset's;
+            steps, eta, seed), ``outputs`` (where results go, overwriting, ``compare`` sheets, metrics),
+            ``runtime`` (device, precision, compile, CLIP model, batch size, face requirement; a given
+            ``session``'s win) and ``auto`` (on-the-fly fine-tuning when no edit model is found).
         progress: receives the run's :class:`~dclip_cli.progress.Event` records.
         session: reuse a :class:`Session` (its runtime and progress reporting win).
 
@@ -84,12 +77,13 @@ def edit_images(
     strengths = list(sweep) if sweep else [strength]
     for s in strengths:
         check_strength(s)
-    if sweep and outputs.compare:
+    if sweep and config.outputs.compare:
         raise ConfigError(
             "--compare cannot be combined with --sweep.",
             hint="The sweep's contact sheet already shows the input and the reconstruction.",
         )
-    session = session or Session(runtime, progress=progress)
+    sampling, outputs, auto = config.sampling, config.outputs, config.auto
+    session = session or Session(config.runtime, progress=progress)
 
     # 2. inputs, domain, target, outputs (before any diffusion model is loaded)
     inputs = prepare_inputs(session, paths, domain)
@@ -111,9 +105,8 @@ def edit_images(
     with run.timings.measure("model"):
         base = session.base(preset)
         edit_model = resolve_edit_model(
-            session, preset, target, t0=provisional.t0, n_inv_steps=provisional.n_inv_steps,
-            n_gen_steps=provisional.n_gen_steps, model=model, auto=auto,
-            finetune_images=[inp.path for inp in inputs.images], seed=sampling.seed,
+            session, preset, target, provisional, model=model, auto=auto,
+            finetune_images=[inp.path for inp in inputs.images],
         )  # fmt: skip
     t0 = resolve_t0(preset, requested=sampling.t0, latent=lat_t0, models=[edit_model.t0], edits=[target.t0])
     settings = (
@@ -197,8 +190,8 @@ def edit_images(
                 )
             run.write(
                 inp, plan, main=main, compare=compare, metrics=row,
-                doc=lambda inp=inp, plan=plan, own=own, row=row, extra=extra, batch=batch: run.sidecar(
-                    inp, plan, batch, settings=own, sampling=settings, models=[base, edit_model],
+                doc=partial(
+                    run.sidecar, inp, plan, batch, settings=own, sampling=settings, models=[base, edit_model],
                     metric_models=metric_models, metrics=row, extra=extra,
                 ),
             )  # fmt: skip

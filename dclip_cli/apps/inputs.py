@@ -129,21 +129,14 @@ def _raise_if_none_readable(ok: Sequence[InputImage], failed: Sequence[tuple[Pat
 
 @dataclass
 class LatentArg:
-    """A ``--latent`` file from ``dclip invert``: ``x`` (1, 3, S, S) and its metadata."""
+    """A ``--latent`` file from ``dclip invert``: ``x`` (1, 3, S, S), its metadata, and the t0 and number of
+    inversion steps it records (``None`` when it does not)."""
 
     path: Path
     x: Any
     meta: dict[str, Any]
-
-    @property
-    def t0(self) -> int | None:
-        value = self.meta.get("t0")
-        return int(value) if value is not None else None
-
-    @property
-    def steps(self) -> int | None:
-        value = self.meta.get("steps")
-        return int(value) if value else None
+    t0: int | None = None
+    steps: int | None = None
 
     def check(
         self, base: LoadedModel, settings: SamplingSettings, inp: InputImage, preset: Preset, session: Session
@@ -180,7 +173,11 @@ def read_latent_arg(
             hint="Pass the one image the latent was inverted from.",
         )
     x_lat, meta = load_latent(path)
-    arg = LatentArg(path, x_lat.unsqueeze(0) if x_lat.dim() == 3 else x_lat, dict(meta or {}))
+    t0, steps = meta.get("t0"), meta.get("steps")
+    arg = LatentArg(
+        path, x_lat.unsqueeze(0) if x_lat.dim() == 3 else x_lat, dict(meta or {}),
+        t0=int(t0) if t0 is not None else None, steps=int(steps) if steps else None,
+    )  # fmt: skip
     if arg.t0 is not None and requested_t0 is not None and arg.t0 != requested_t0:
         raise ConfigError(
             f"The latent {path} was inverted to t0 = {arg.t0}, but --t0 {requested_t0} was given.",

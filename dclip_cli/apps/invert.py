@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dclip_cli.apps.config import Outputs, Runtime, Sampling, batches
+from dclip_cli.apps.config import RunConfig, Runtime, batches
 from dclip_cli.apps.session import Session
 from dclip_cli.errors import ConfigError, ImageError
 from dclip_cli.progress import ProgressCallback, Reporter
@@ -32,14 +33,7 @@ class InvertedImage:
     image_sha256: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "image": str(self.image),
-            "latent": str(self.latent),
-            "reconstruction": str(self.reconstruction),
-            "mse": self.mse,
-            "psnr": self.psnr,
-            "image_sha256": self.image_sha256,
-        }
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclass
@@ -57,17 +51,8 @@ class InvertReport:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "checkpoint": self.checkpoint,
-            "model_sha256": self.model_sha256,
-            "arch": self.arch,
-            "image_size": self.image_size,
-            "t0": self.t0,
-            "steps": self.steps,
-            "device": self.device,
-            "seconds": round(self.seconds, 3),
-            "images": [r.to_dict() for r in self.images],
-        }
+        doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "images"}
+        return {**doc, "seconds": round(self.seconds, 3), "images": [r.to_dict() for r in self.images]}
 
 
 def reconstruction_metrics(x0: Any, x_rec: Any) -> list[tuple[float, float]]:
@@ -89,9 +74,7 @@ def invert_images(
     domain: str | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     arch_config: str | os.PathLike[str] | None = None,
-    sampling: Sampling = Sampling(),
-    outputs: Outputs = Outputs(),
-    runtime: Runtime = Runtime(batch_size=1),
+    config: RunConfig = RunConfig(runtime=Runtime(batch_size=1)),
     progress: Reporter | ProgressCallback | None = None,
 ) -> InvertReport:
     """DDIM-invert image files and write their latents and reconstructions.
@@ -106,10 +89,10 @@ def invert_images(
         domain: preset name; gives the checkpoint (fetched into the cache), preprocessing and default t0/steps.
         checkpoint: local checkpoint used instead of the preset's.
         arch_config: JSON/TOML/YAML file with architecture settings for ``checkpoint``.
-        sampling: ``t0`` (default: the preset's, else 400) and ``inv_steps`` (default: the preset's, else 40).
-        outputs: ``output`` (a directory, or a ``.safetensors`` file for a single image; default: next to each
-            input) and ``overwrite``.
-        runtime: device, precision, compile, batch size (images inverted together), face requirement.
+        config: ``sampling.t0`` (default: the preset's, else 400) and ``sampling.inv_steps`` (default: the
+            preset's, else 40); ``outputs.output`` (a directory, or a ``.safetensors`` file for a single image;
+            default: next to each input) and ``outputs.overwrite``; the ``runtime`` (device, precision, compile,
+            batch size: images inverted together, face requirement).
         progress: receives the run's events (``progress`` of the ``Inverting`` bar, downloads, warnings, the time
             estimate).
 
@@ -135,6 +118,7 @@ def invert_images(
             "No model was chosen for the inversion.",
             hint="Pass --domain NAME (see 'dclip presets list') or --checkpoint PATH.",
         )
+    sampling, outputs, runtime = config.sampling, config.outputs, config.runtime
     session = Session(runtime, progress=progress)
     reporter = session.reporter
     preset = session.preset(domain) if domain is not None else None
@@ -150,8 +134,8 @@ def invert_images(
         raise ImageError("No input image was given.", hint="Pass one or more image files or folders.")
     plans = plan_latents(files, outputs.output, overwrite=outputs.overwrite)
 
-    arch, config = load_arch_config(arch_config) if arch_config is not None else (None, None)
-    base = load_base(preset, checkpoint=checkpoint, arch=arch, arch_config=config, device=session.device,
+    arch, arch_cfg = load_arch_config(arch_config) if arch_config is not None else (None, None)
+    base = load_base(preset, checkpoint=checkpoint, arch=arch, arch_config=arch_cfg, device=session.device,
                      progress=reporter)  # fmt: skip
     name = str(base.path) if checkpoint is not None else base.name
     eps_model = session.fast(base.model)

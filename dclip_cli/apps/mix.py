@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
-from dclip_cli.apps.config import AutoFinetune, Outputs, Runtime, Sampling, resolve_sampling, resolve_t0
+from dclip_cli.apps.config import RunConfig, resolve_sampling, resolve_t0
 from dclip_cli.apps.inputs import prepare_inputs, read_latent_arg
 from dclip_cli.apps.pipeline import GENERATING, INVERTING, RECONSTRUCTING, Run, RunReport
 from dclip_cli.apps.resolve import resolve_edit_model
@@ -31,15 +32,12 @@ def mix_images(
     *,
     to: Sequence[str] = (),
     models: Sequence[str] = (),
-    with_base: bool = False,
-    schedule: str | Sequence[MixEntry] | None = None,
     src: str | None = None,
     domain: str | None = None,
     latent: str | os.PathLike[str] | None = None,
-    sampling: Sampling = Sampling(),
-    outputs: Outputs = Outputs(),
-    runtime: Runtime = Runtime(),
-    auto: AutoFinetune = AutoFinetune(),
+    with_base: bool = False,
+    schedule: str | Sequence[MixEntry] | None = None,
+    config: RunConfig = RunConfig(),
     progress: Reporter | ProgressCallback | None = None,
     session: Session | None = None,
 ) -> RunReport:
@@ -72,7 +70,8 @@ def mix_images(
             raise InvalidScheduleError(
                 f"Every schedule entry needs {len(names)} weights ({', '.join(names)})."
             )
-    session = session or Session(runtime, progress=progress)
+    sampling, outputs, auto = config.sampling, config.outputs, config.auto
+    session = session or Session(config.runtime, progress=progress)
     reporter = session.reporter
 
     # 2. inputs, domain, targets, outputs
@@ -96,33 +95,14 @@ def mix_images(
     # 3. the members
     with run.timings.measure("model"):
         base = session.base(preset)
-        members = [
-            resolve_edit_model(
-                session,
-                preset,
-                target,
-                t0=settings.t0,
-                n_inv_steps=settings.n_inv_steps,
-                n_gen_steps=settings.n_gen_steps,
-                auto=auto,
-                finetune_images=[inp.path for inp in inputs.images],
-                seed=sampling.seed,
-            )  # fmt: skip
-            for target in targets
+        images = [inp.path for inp in inputs.images]
+        wanted = [(t, None) for t in targets] + [
+            (TextEdit(slugify(Path(m).stem), src or preset.source_text, m), m) for m in models
         ]
-        for m in models:
-            placeholder = TextEdit(slugify(Path(m).stem), src or preset.source_text, m)
-            members.append(
-                resolve_edit_model(
-                    session,
-                    preset,
-                    placeholder,
-                    t0=settings.t0,
-                    n_inv_steps=settings.n_inv_steps,
-                    n_gen_steps=settings.n_gen_steps,
-                    model=m,
-                )  # fmt: skip
-            )
+        members = [
+            resolve_edit_model(session, preset, target, settings, model=m, auto=auto, finetune_images=images)
+            for target, m in wanted
+        ]
         eps_models = [session.fast(m.model) for m in members] + (
             [session.fast(base.model)] if with_base else []
         )
@@ -193,9 +173,9 @@ def mix_images(
                 )
             run.write(
                 inp, plan, main=x_mix[i], compare=compare, metrics=rows[i],
-                doc=lambda inp=inp, plan=plan, row=rows[i], batch=batch, own=own: run.sidecar(
-                    inp, plan, batch, settings=own, sampling=settings, models=[base, *member_docs],
-                    metric_models=metric_models, metrics=row,
+                doc=partial(
+                    run.sidecar, inp, plan, batch, settings=own, sampling=settings, models=[base, *member_docs],
+                    metric_models=metric_models, metrics=rows[i],
                 ),
             )  # fmt: skip
     return run.report([base, *members])

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dclip_cli.apps.config import QUICK_MAX_IMAGES, AutoFinetune
+from dclip_cli.apps.config import QUICK_MAX_IMAGES, AutoFinetune, SamplingSettings
 from dclip_cli.errors import CheckpointError, ConfigError, DclipError, UnknownCheckpointError
 
 if TYPE_CHECKING:
@@ -66,19 +66,17 @@ def resolve_edit_model(
     session: Session,
     preset: Preset,
     target: TextEdit,
+    settings: SamplingSettings,
     *,
-    t0: int,
-    n_inv_steps: int,
-    n_gen_steps: int,
     model: str | None = None,
     auto: AutoFinetune | None = None,
     finetune_images: Sequence[Path] = (),
-    seed: int = 0,
 ) -> LoadedModel:
     """Find or make the model that performs ``target`` on ``preset``'s base, in this order:
 
     1. ``model``: see :func:`model_from_arg`;
-    2. an artifact in the user's edit library with the same texts, t0 and base (:func:`dclip_cli.store.find_match`);
+    2. an artifact in the user's edit library with the same texts, ``settings.t0`` and base
+       (:func:`dclip_cli.store.find_match`);
     3. for a named edit with an official fine-tuned checkpoint: that checkpoint (downloaded);
     4. fine-tune now with the preset's recipe, quickly (one epoch on ``finetune_images`` plus ``auto.samples``
        samples of the base model), and store the result in the library, so the next edit with the same text is
@@ -99,7 +97,7 @@ def resolve_edit_model(
         reporter.info(loaded.describe())
         return loaded
     base = session.base(preset)
-    match = find_match(preset, target.src, target.trg, base_sha256=base.sha256, t0=t0)
+    match = find_match(preset, target.src, target.trg, base_sha256=base.sha256, t0=settings.t0)
     if match is not None:
         loaded = load_edit(match, base, name=f"{preset.name}/{match.stem}", source="library")
         reporter.info(loaded.describe())
@@ -126,23 +124,17 @@ def resolve_edit_model(
             "switched off.",
             hint="Drop --no-finetune to fine-tune one now, run 'dclip finetune', or pass --model.",
         )
-    return finetune_now(
-        session, preset, target, t0=t0, n_inv_steps=n_inv_steps, n_gen_steps=n_gen_steps,
-        images=finetune_images, n_samples=auto.samples, seed=seed,
-    )  # fmt: skip
+    return finetune_now(session, preset, target, settings, images=finetune_images, n_samples=auto.samples)
 
 
 def finetune_now(
     session: Session,
     preset: Preset,
     target: TextEdit,
+    settings: SamplingSettings,
     *,
-    t0: int,
-    n_inv_steps: int,
-    n_gen_steps: int,
     images: Sequence[Path],
     n_samples: int,
-    seed: int,
 ) -> LoadedModel:
     """Path 4 of :func:`resolve_edit_model`, through the fine-tuning job (:func:`dclip_cli.training.run_finetune`)."""
     from dclip_cli.losses.clip import DirectionalCLIPLoss
@@ -151,6 +143,7 @@ def finetune_now(
 
     base = session.base(preset)
     images = list(images)[:QUICK_MAX_IMAGES]
+    t0 = settings.t0
     session.reporter.info(
         f"No fine-tuned model for {target.label} yet: fine-tuning one now on {len(images) + n_samples} image(s) "
         f"(t0 {t0}, 1 epoch); it is saved to your edit library for next time."
@@ -162,10 +155,10 @@ def finetune_now(
         n_samples=n_samples,
         overrides={
             "t0": t0,
-            "n_inv_steps": n_inv_steps,
-            "n_gen_steps": n_gen_steps,
+            "n_inv_steps": settings.n_inv_steps,
+            "n_gen_steps": settings.n_gen_steps,
             "epochs": 1,
-            "seed": seed,
+            "seed": settings.seed,
             "precision": session.training_precision(),
         },
         base_model=base.model,

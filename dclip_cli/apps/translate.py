@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from dclip_cli.apps.config import (
     AutoFinetune,
-    Outputs,
-    Runtime,
-    Sampling,
+    RunConfig,
     check_strength,
     resolve_sampling,
     resolve_t0,
@@ -45,10 +44,7 @@ def translate_images(
     iterations: int = DEFAULT_ITERATIONS,
     save_intermediates: bool = False,
     strength: float = 1.0,
-    sampling: Sampling = Sampling(),
-    outputs: Outputs = Outputs(),
-    runtime: Runtime = Runtime(),
-    auto: AutoFinetune = AutoFinetune(),
+    config: RunConfig = RunConfig(),
     progress: Reporter | ProgressCallback | None = None,
     session: Session | None = None,
 ) -> RunReport:
@@ -77,7 +73,8 @@ def translate_images(
         raise ConfigError(
             "--model needs --to with dclip translate.", hint="Pass --to TEXT with the model's edit."
         )
-    session = session or Session(runtime, progress=progress)
+    sampling, outputs, auto = config.sampling, config.outputs, config.auto
+    session = session or Session(config.runtime, progress=progress)
 
     inputs = prepare_inputs(session, paths, domain)
     preset = inputs.preset
@@ -96,10 +93,13 @@ def translate_images(
         base = session.base(preset)
         if target is not None:
             edit_model = resolve_edit_model(
-                session, preset, target, t0=settings.t0, n_inv_steps=settings.n_inv_steps,
-                n_gen_steps=settings.n_gen_steps, model=model,
-                auto=AutoFinetune(auto.allowed, max(auto.samples, 1)), seed=sampling.seed,
-            )  # fmt: skip
+                session,
+                preset,
+                target,
+                settings,
+                model=model,
+                auto=AutoFinetune(auto.allowed, max(auto.samples, 1)),
+            )
             t0 = resolve_t0(preset, requested=sampling.t0, models=[edit_model.t0], edits=edit_t0)
             if t0 != settings.t0:
                 settings = resolve_sampling(preset, sampling, t0=t0)
@@ -162,10 +162,10 @@ def translate_images(
             run.write(
                 inp, plan, main=x_out[i], compare=(panels, labels),
                 intermediates=[r[i] for r in rounds] if save_intermediates else (), metrics=rows[i],
-                doc=lambda inp=inp, plan=plan, row=rows[i], batch=batch, own=own: run.sidecar(
-                    inp, plan, batch, settings=own, sampling=settings,
+                doc=partial(
+                    run.sidecar, inp, plan, batch, settings=own, sampling=settings,
                     models=[base] + ([edit_model] if edit_model is not None else []),
-                    metric_models=metric_models, metrics=row,
+                    metric_models=metric_models, metrics=rows[i],
                 ),
             )  # fmt: skip
     return run.report([base] + ([edit_model] if edit_model is not None else []))

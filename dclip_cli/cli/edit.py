@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from dclip_cli.cli.options import DomainOpt, ImagesArg, LatentOpt, ModelOpt, SrcOpt, StrengthOpt
-from dclip_cli.cli.settings import RunSettings, run_options
+from dclip_cli.cli.settings import RunSettings, run_and_render, run_options
 
 EXAMPLES = """
 Examples:
@@ -54,18 +54,13 @@ def edit_command(
     """Edit images with text: a named edit (--to smiling) or free text (--to "face with curly hair")."""
     from dclip_cli import api
     from dclip_cli.apps.config import parse_sweep
-    from dclip_cli.cli.display import Display
-    from dclip_cli.cli.report import parse_option, render_report, start_run
+    from dclip_cli.cli.report import parse_option
 
-    start_run(ctx, run.quiet)
     sweep_values = parse_option("--sweep", parse_sweep, sweep) if sweep is not None else None
-    with Display() as display:
-        report = api.edit_images(
-            images, to=to, src=src, domain=domain, model=model, strength=strength, sweep=sweep_values,
-            latent=latent, sampling=run.sampling, outputs=run.outputs, runtime=run.runtime, auto=run.auto,
-            progress=display,
-        )  # fmt: skip
-    render_report(report, as_json=run.as_json, title=f"dclip edit: {to}")
+    run_and_render(
+        ctx, run, api.edit_images, images, title=f"dclip edit: {to}", to=to, src=src, domain=domain, model=model,
+        strength=strength, sweep=sweep_values, latent=latent,
+    )  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

@@ -93,9 +93,11 @@ def invert_command(
     with Display() as display:
         report = api.invert_images(
             images, domain=domain, checkpoint=checkpoint, arch_config=arch_config,
-            sampling=api.Sampling(t0=t0, inv_steps=steps), outputs=api.Outputs(output=output, overwrite=overwrite),
-            runtime=api.Runtime(device=state.device, precision=precision.value, compile=compile,
-                                batch_size=batch_size, require_face=require_face),
+            config=api.RunConfig(
+                sampling=api.Sampling(t0=t0, inv_steps=steps), outputs=api.Outputs(output=output, overwrite=overwrite),
+                runtime=api.Runtime(device=state.device, precision=precision.value, compile=compile,
+                                    batch_size=batch_size, require_face=require_face),
+            ),
             progress=display,
         )  # fmt: skip
 

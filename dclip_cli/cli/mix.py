@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from dclip_cli.cli.options import DomainOpt, ImagesArg, LatentOpt, SrcOpt
-from dclip_cli.cli.settings import RunSettings, run_options
+from dclip_cli.cli.settings import RunSettings, run_and_render, run_options
 
 EXAMPLES = """
 Examples:
@@ -61,10 +61,8 @@ def mix_command(
     from dclip_cli import api
     from dclip_cli.apps.mix import member_names
     from dclip_cli.apps.schedule import parse_mix_schedule
-    from dclip_cli.cli.display import Display
-    from dclip_cli.cli.report import apply_quiet, parse_option, render_report, start_run
+    from dclip_cli.cli.report import parse_option
 
-    apply_quiet(ctx, run.quiet)
     targets, files = list(to or []), list(model or [])
     if not targets and not files:
         raise typer.BadParameter("give at least one --to (or --model) to mix.", param_hint="'--to'")
@@ -75,14 +73,10 @@ def mix_command(
         entries = parse_option(
             "--schedule", lambda text: parse_mix_schedule(text, len(names), member_names=names), schedule
         )
-    start_run(ctx, run.quiet)
-    with Display() as display:
-        report = api.mix_images(
-            images, to=targets, models=files, with_base=with_base, schedule=entries, src=src, domain=domain,
-            latent=latent, sampling=run.sampling, outputs=run.outputs, runtime=run.runtime, auto=run.auto,
-            progress=display,
-        )  # fmt: skip
-    render_report(report, as_json=run.as_json, title=f"dclip mix: {' + '.join(names)}")
+    run_and_render(
+        ctx, run, api.mix_images, images, title=f"dclip mix: {' + '.join(names)}", to=targets, models=files,
+        with_base=with_base, schedule=entries, src=src, domain=domain, latent=latent,
+    )  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

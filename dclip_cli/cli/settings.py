@@ -2,9 +2,9 @@
 records once per command.
 
 :func:`run_options` adds the shared options to a command's signature (so Typer shows and parses them like the
-command's own) and hands the command one :class:`RunSettings` instead: the :class:`~dclip_cli.apps.config.Sampling`,
-:class:`~dclip_cli.apps.config.Outputs`, :class:`~dclip_cli.apps.config.Runtime` and
-:class:`~dclip_cli.apps.config.AutoFinetune` records plus the display switches. Building them imports no torch.
+command's own) and hands the command one :class:`RunSettings` instead: a :class:`~dclip_cli.apps.config.RunConfig`
+(sampling, outputs, runtime and on-the-fly fine-tuning records) plus the display switches. Building it imports no
+torch. :func:`run_and_render` then runs the application under the progress display and prints the result.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dclip_cli.apps.config import AutoFinetune, Outputs, Runtime, Sampling
+from dclip_cli.apps.config import AutoFinetune, Outputs, RunConfig, Runtime, Sampling
 from dclip_cli.cli.options import (
     BatchSizeOpt,
     ClipModelOpt,
@@ -42,12 +42,9 @@ from dclip_cli.cli.options import (
 
 @dataclass(frozen=True)
 class RunSettings:
-    """What the shared options of a run command say."""
+    """What the shared options of a run command say: the library's :class:`RunConfig` and the display switches."""
 
-    sampling: Sampling
-    outputs: Outputs
-    runtime: Runtime
-    auto: AutoFinetune
+    config: RunConfig
     as_json: bool = False
     quiet: bool = False
 
@@ -85,7 +82,7 @@ def build_settings(ctx: typer.Context, values: dict[str, Any]) -> RunSettings:
     from dclip_cli.cli.report import parse_option
 
     state = get_state(ctx)
-    return RunSettings(
+    config = RunConfig(
         sampling=Sampling(
             t0=values["t0"], inv_steps=values["inv_steps"], steps=values["steps"], eta=values["eta"],
             seed=values["seed"],
@@ -99,9 +96,8 @@ def build_settings(ctx: typer.Context, values: dict[str, Any]) -> RunSettings:
             clip_model=values["clip_model"], batch_size=values["batch_size"], require_face=values["require_face"],
         ),
         auto=AutoFinetune(allowed=values["finetune"], samples=values["finetune_samples"]),
-        as_json=values["as_json"],
-        quiet=values["quiet"],
     )  # fmt: skip
+    return RunSettings(config, as_json=values["as_json"], quiet=values["quiet"])
 
 
 def run_options(*, compare_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -128,3 +124,17 @@ def run_options(*, compare_help: str) -> Callable[[Callable[..., Any]], Callable
         return wrapper
 
     return decorate
+
+
+def run_and_render(
+    ctx: typer.Context, run: RunSettings, app: Callable[..., Any], *args: Any, title: str, **kwargs: Any
+) -> None:
+    """Run an editing application (``edit_images``, ``mix_images``, ``translate_images``) with the command's
+    settings under the progress display, then print its outputs and metrics (:func:`render_report`)."""
+    from dclip_cli.cli.display import Display
+    from dclip_cli.cli.report import render_report, start_run
+
+    start_run(ctx, run.quiet)
+    with Display() as display:
+        report = app(*args, config=run.config, progress=display, **kwargs)
+    render_report(report, as_json=run.as_json, title=title)

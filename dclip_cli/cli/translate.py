@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from dclip_cli.cli.options import DomainOpt, ImagesArg, SrcOpt, StrengthOpt
-from dclip_cli.cli.settings import RunSettings, run_options
+from dclip_cli.cli.options import DomainOpt, ImagesArg, ModelOpt, SrcOpt, StrengthOpt
+from dclip_cli.cli.settings import RunSettings, run_and_render, run_options
 
 EXAMPLES = """
 Examples:
@@ -33,12 +33,7 @@ def translate_command(
         typer.Option("--to", "-t", help="Then edit the projection: named edit or free text (optional)."),
     ] = None,
     src: SrcOpt = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model", "-m", help="Edit model file or name for --to (skips lookup and fine-tuning)."
-        ),
-    ] = None,
+    model: ModelOpt = None,
     iterations: Annotated[
         int, typer.Option("--iterations", "-k", min=1, help="Rounds of noising to t0 and 6-step projection.")
     ] = 10,
@@ -51,19 +46,13 @@ def translate_command(
 ) -> None:
     """Translate strokes, paintings or unseen-domain images into a domain (and optionally edit them)."""
     from dclip_cli import api
-    from dclip_cli.cli.display import Display
-    from dclip_cli.cli.report import render_report, start_run
 
     if model is not None and to is None:
         raise typer.BadParameter("--model needs --to (the edit the model performs).", param_hint="'--model'")
-    start_run(ctx, run.quiet)
-    with Display() as display:
-        report = api.translate_images(
-            images, to=to, src=src, domain=domain, model=model, iterations=iterations,
-            save_intermediates=save_intermediates, strength=strength, sampling=run.sampling, outputs=run.outputs,
-            runtime=run.runtime, auto=run.auto, progress=display,
-        )  # fmt: skip
-    render_report(report, as_json=run.as_json, title="dclip translate" + (f": {to}" if to else ""))
+    run_and_render(
+        ctx, run, api.translate_images, images, title="dclip translate" + (f": {to}" if to else ""), to=to, src=src,
+        domain=domain, model=model, iterations=iterations, save_intermediates=save_intermediates, strength=strength,
+    )  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
