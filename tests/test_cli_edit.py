@@ -317,12 +317,13 @@ class _FaceAligner:
         register(Aligner(name="test-faces", align=align))
 
 
+@pytest.mark.parametrize("command", ["edit", "translate"])
 @pytest.mark.parametrize("require_face", [False, True])
 def test_require_face(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clip_file: Path, require_face: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clip_file: Path, require_face: bool, command: str
 ) -> None:
     """No face found: a warning and a centre crop, or with --require-face that image is reported and skipped
-    (the others complete and the exit code says something failed)."""
+    (the others complete and the exit code says something failed); edit and translate alike."""
     from dclip_cli.presets import manager
     from tests.support.editing import tiny_preset
 
@@ -334,19 +335,21 @@ def test_require_face(
         img = Image.open(face)
         img.putpixel((0, 0), (255, 255, 255))
         img.save(face)
-        args = ["--to", "pixar", "--domain", "tinyface", "-o", str(tmp_path / "out"), *world.cli_args()]
+        args = ["--domain", "tinyface", "-o", str(tmp_path / "out"), *world.cli_args()]
+        args += ["--to", "pixar"] if command == "edit" else ["--iterations", "1"]
         if require_face:
             args.append("--require-face")
-        result = CliRunner().invoke(app, ["edit", str(world.image), str(face), *args])
+        result = CliRunner().invoke(app, [command, str(world.image), str(face), *args])
     out = tmp_path / "out"
+    tag = "pixar" if command == "edit" else "translate"
     if require_face:
         assert result.exit_code == 1, result.output
         assert "photo.png" in result.stderr and "no face" in result.stderr.lower()
-        assert sorted(p.name for p in out.glob("*.png")) == ["face.pixar.png"]
+        assert sorted(p.name for p in out.glob("*.png")) == [f"face.{tag}.png"]
     else:
         assert result.exit_code == 0, result.output
         assert "no face" in result.stderr.lower()
-        assert sorted(p.name for p in out.glob("*.png")) == ["face.pixar.png", "photo.pixar.png"]
+        assert sorted(p.name for p in out.glob("*.png")) == [f"face.{tag}.png", f"photo.{tag}.png"]
 
 
 @pytest.mark.parametrize(
