@@ -6,26 +6,39 @@ networks, device, precision; :mod:`.session`), inputs and domain detection (:mod
 CLI (``dclip_cli.cli``) and the web UI call these; they never print.
 """
 
-from dclip_cli.apps.config import (
-    ALL_METRICS,
-    AutoFinetune,
-    Outputs,
-    RunConfig,
-    Runtime,
-    Sampling,
-    SamplingSettings,
-    parse_metrics,
-    parse_sweep,
-    resolve_t0,
-)
-from dclip_cli.apps.edit import edit_images
-from dclip_cli.apps.invert import InvertedImage, InvertReport, invert_images
-from dclip_cli.apps.mix import member_names, mix_images
-from dclip_cli.apps.pipeline import ImageResult, RunReport
-from dclip_cli.apps.schedule import MixEntry, format_mix_schedule, parse_mix_schedule
-from dclip_cli.apps.score import score_images
-from dclip_cli.apps.session import Session
-from dclip_cli.apps.translate import translate_images
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module of this package that defines it (imported on first use, so that the CLI can read the
+# settings records in ``config`` without importing every application)
+_EXPORTS = {
+    "ALL_METRICS": "config",
+    "AutoFinetune": "config",
+    "Outputs": "config",
+    "RunConfig": "config",
+    "Runtime": "config",
+    "Sampling": "config",
+    "SamplingSettings": "config",
+    "parse_metrics": "config",
+    "parse_sweep": "config",
+    "resolve_t0": "config",
+    "edit_images": "edit",
+    "InvertedImage": "invert",
+    "InvertReport": "invert",
+    "invert_images": "invert",
+    "member_names": "mix",
+    "mix_images": "mix",
+    "ImageResult": "pipeline",
+    "RunReport": "pipeline",
+    "MixEntry": "schedule",
+    "format_mix_schedule": "schedule",
+    "parse_mix_schedule": "schedule",
+    "score_images": "score",
+    "Session": "session",
+    "translate_images": "translate",
+}
 
 __all__ = [
     "ALL_METRICS",
@@ -53,3 +66,14 @@ __all__ = [
     "score_images",
     "translate_images",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
