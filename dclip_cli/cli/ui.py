@@ -78,7 +78,7 @@ def ui_command(
         typer.Option("--max-image-side", min=32, help="Largest image width or height accepted, in pixels."),
     ] = 4096,
 ) -> None:
-    """Serve a local web page for editing, sweeping, mixing, translating and fine-tuning (needs dclip[ui])."""
+    """Serve a local web page for editing, sweeping, mixing, translating and fine-tuning (the ui extra)."""
     from rich.markup import escape
 
     from dclip_cli import console

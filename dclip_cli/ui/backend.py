@@ -520,8 +520,10 @@ def _check_image(path: Path, max_side: int) -> None:
 # -- runs ---------------------------------------------------------------------------------------------------------
 
 
-def _run_folder(settings: Settings, command: str, tag: str) -> Path:
-    """A new, empty folder ``<outputs>/<date-time>-<command>-<tag>[-n]`` for one run."""
+@contextlib.contextmanager
+def _run_folder(settings: Settings, command: str, tag: str) -> Iterator[Path]:
+    """A new, empty folder ``<outputs>/<date-time>-<command>-<tag>[-n]`` for one run; removed again when the run
+    fails before writing any file."""
     settings.outputs.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = f"{stamp}-{command}" + (f"-{_safe_stem(tag)}" if tag else "")
@@ -529,10 +531,15 @@ def _run_folder(settings: Settings, command: str, tag: str) -> Path:
         folder = settings.outputs / (base if n == 1 else f"{base}-{n}")
         try:
             folder.mkdir()
-            return folder
+            break
         except FileExistsError:
             continue
-    raise AssertionError("unreachable")  # pragma: no cover
+    try:
+        yield folder
+    except BaseException:
+        if not any(p.is_file() for p in folder.rglob("*")):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _domain(value: str | None) -> str | None:
@@ -599,12 +606,11 @@ def edit(
     on_event: OnEvent | None = None,
 ) -> RunOutput:
     """``dclip edit IMAGES --to TO [--domain D] --strength S --seed N [--compare] -o <new run folder>``."""
-    with _user_errors(), _device(settings):
+    with _user_errors(), _device(settings), _run_folder(settings, "edit", to) as folder:
         from dclip_cli.editing import edit_images
 
         messages: list[str] = []
         reporter = _Reporter(on_event, messages)
-        folder = _run_folder(settings, "edit", to)
         report = edit_images(
             list(images),
             to=to,
@@ -656,7 +662,7 @@ def sweep(
     The latent cache makes every strength after the first cost only its generation, as ``dclip edit --sweep``
     does (which writes one contact sheet instead).
     """
-    with _user_errors(), _device(settings):
+    with _user_errors(), _device(settings), _run_folder(settings, "sweep", to) as folder:
         from dclip_cli.editing import check_strength, edit_images
 
         for s in strengths:
@@ -665,11 +671,12 @@ def sweep(
             raise UserError("No strengths to sweep.", "Give strengths such as 0,0.25,0.5,0.75,1.")
         messages: list[str] = []
         reporter = _Reporter(on_event, messages)
-        folder = _run_folder(settings, "sweep", to)
         items: list[OutputItem] = []
         skipped: tuple[tuple[str, str], ...] = ()
         domain_used, detection = "", None
         for s in strengths:
+            target = folder / f"strength-{s:g}"
+            target.mkdir()  # a directory (its name has a dot, which -o would take for a file suffix)
             report = edit_images(
                 list(images),
                 to=to,
@@ -678,7 +685,7 @@ def sweep(
                 t0=t0,
                 n_gen_steps=steps,
                 seed=seed,
-                output=folder / f"strength-{s:g}",
+                output=target,
                 metrics=settings.metrics,
                 batch_size=settings.batch_size,
                 finetune_samples=settings.finetune_samples,
@@ -736,15 +743,14 @@ def mix(
     check = validate_schedule(schedule, to, with_base=with_base)
     if not check.ok:
         raise UserError(check.message, check.hint)
-    with _user_errors(), _device(settings):
+    members = [m.strip() for m in to if m.strip()]
+    with _user_errors(), _device(settings), _run_folder(settings, "mix", "+".join(members)) as folder:
         from dclip_cli.editing import mix_images, parse_mix_schedule
 
-        members = [m.strip() for m in to if m.strip()]
         names = members + (["base"] if with_base else [])
         entries = parse_mix_schedule(schedule, len(names), member_names=names) if schedule.strip() else None
         messages: list[str] = []
         reporter = _Reporter(on_event, messages)
-        folder = _run_folder(settings, "mix", "+".join(members))
         report = mix_images(
             list(images),
             to=members,
@@ -782,12 +788,11 @@ def translate(
     on_event: OnEvent | None = None,
 ) -> RunOutput:
     """``dclip translate IMAGES [--domain D] --iterations K [--to T] --save-intermediates --compare -o <run>``."""
-    with _user_errors(), _device(settings):
+    with _user_errors(), _device(settings), _run_folder(settings, "translate", to or "") as folder:
         from dclip_cli.editing import translate_images
 
         messages: list[str] = []
         reporter = _Reporter(on_event, messages)
-        folder = _run_folder(settings, "translate", to or "")
         report = translate_images(
             list(images),
             to=to or None,
@@ -863,7 +868,7 @@ def finetune_job(
         raise UserError(
             "Give either a named edit or source/target texts, not both.", "Clear the texts or the named edit."
         )
-    with _user_errors(), _device(settings):
+    with _user_errors(), _device(settings), _run_folder(settings, "finetune", edit or trg or "") as folder:
         from dclip_cli.checkpoints import cache
         from dclip_cli.finetune import run_finetune
         from dclip_cli.losses.clip import DirectionalCLIPLoss
@@ -872,7 +877,6 @@ def finetune_job(
         reporter = _Reporter(on_event, messages)
         session = _session(settings, reporter)
         preset = session.preset(domain)
-        folder = _run_folder(settings, "finetune", edit or trg or "")
         previews_out: list[Path] = []
         clock: dict[str, float] = {}
 
