@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -99,10 +100,10 @@ def test_a_bad_schedule_returns_the_parser_message(client: Any) -> None:
     with pytest.raises(InvalidScheduleError) as expected:
         parse_mix_schedule("300:0.5,0.5;100:1,0", 2, member_names=["smiling", "angry"])
     text = client.predict("300:0.5,0.5;100:1,0", ["smiling", "angry"], False, api_name="/validate_schedule")
-    assert text.startswith("❌ " + expected.value.message)
+    assert text.startswith("**Invalid:** " + expected.value.message)
     assert f"Hint: {expected.value.hint}" in text
     ok = client.predict("300:1,3;0:1,1", ["smiling", "angry"], False, api_name="/validate_schedule")
-    assert ok.startswith("✅ 300:1,3;0:1,1") and "smiling 0.25, angry 0.75" in ok
+    assert ok.startswith("**Valid:** 300:1,3;0:1,1") and "smiling 0.25, angry 0.75" in ok
 
 
 def test_errors_are_one_line_messages_with_hints(ui: tuple[UiWorld, UiProcess], client: Any) -> None:
@@ -139,7 +140,7 @@ def test_finetune_job_reports_progress_and_adds_a_library_entry(
     )
     status, log, _preview, result = job.result(timeout=120)
     assert result["names"] == [f"{PRESET}/smiling"]
-    assert status.startswith(f"✅ Added {PRESET}/smiling to the library")
+    assert status.startswith(f"**Done:** added {PRESET}/smiling to the library")
     # the same events as the CLI: status lines, per-epoch losses
     assert "Drawing 1 sample(s) from the base model" in log
     assert "Edit 1/1 smiling: 'face' -> 'smiling face'" in log and "epoch 1/1: clip" in log
@@ -149,6 +150,31 @@ def test_finetune_job_reports_progress_and_adds_a_library_entry(
     row = rows[f"{PRESET}/smiling"]
     assert row[1:2] == ["edit"] and row[3:6] == ["face", "smiling face", 200] and row[6] == "tiny_base"
     assert rows["tiny_base"][1] == "checkpoint"  # the cached base model is listed too
+
+
+def test_cancel_stops_a_running_finetune_job_and_saves_nothing(
+    ui: tuple[UiWorld, UiProcess], client: Any
+) -> None:
+    world, _ = ui
+    job = client.submit(
+        PRESET, "angry", "", "", "preset default", 500, None, 1, 0, 0, False, api_name="/finetune"
+    )
+    deadline = time.monotonic() + 60
+    while not any("Fine-tuning" in str(out[0]) for out in job.outputs()):
+        assert time.monotonic() < deadline and not job.done(), job.outputs()
+        time.sleep(0.1)
+    assert client.predict(api_name="/cancel").startswith("Cancelling")
+    deadline = time.monotonic() + 30
+    while not job.done():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert not (world.library() / PRESET / "angry.safetensors").exists()
+    table, _ = client.predict(api_name="/library")
+    assert f"{PRESET}/angry" not in {row[0] for row in table["data"]}
+    # the device is free again: the next job runs
+    assert client.predict("", ["smiling", "angry"], False, api_name="/validate_schedule").startswith(
+        "**Valid:**"
+    )
 
 
 def test_files_outside_the_outputs_are_not_served(ui: tuple[UiWorld, UiProcess]) -> None:
@@ -165,7 +191,10 @@ def test_browser_upload_edit_and_screenshot(ui: tuple[UiWorld, UiProcess], tmp_p
     executable = chromium_path()
     from playwright.sync_api import sync_playwright
 
+    from dclip_cli.images import sample_image_path
+
     world, proc = ui
+    face = shutil.copyfile(sample_image_path(), tmp_path / "face.png")  # the bundled public-domain portrait
     requests: list[str] = []
     shot = tmp_path / "dclip-ui-edit.png"
     with sync_playwright() as pw:
@@ -180,7 +209,7 @@ def test_browser_upload_edit_and_screenshot(ui: tuple[UiWorld, UiProcess], tmp_p
             page = browser.new_page()
             page.on("request", lambda r: requests.append(r.url))
             page.goto(proc.url, wait_until="domcontentloaded")
-            page.locator("#edit-images input[type=file]").set_input_files(str(world.image))
+            page.locator("#edit-images input[type=file]").set_input_files(str(face))
             page.wait_for_function(
                 "document.querySelector('#edit-detected')?.innerText.includes('tinyface')", timeout=30_000
             )

@@ -192,7 +192,7 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
         )
         warnings = backend.plugin_warnings()
         if warnings:
-            gr.Markdown("\n".join(f"- ⚠️ {w}" for w in warnings))
+            gr.Markdown("\n".join(f"- Warning: {w}" for w in warnings))
         if not names:
             gr.Markdown(
                 "**No presets are installed.** Install a preset plugin, or check `DCLIP_LOAD_PLUGINS`."
@@ -235,9 +235,15 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
                     with gr.Accordion("Sweep and sampling", open=False):
                         e_sweep_on = gr.Checkbox(value=False, label="Sweep strengths (a gallery)")
                         e_sweep = gr.Textbox(value=backend.DEFAULT_SWEEP, label="Strengths")
-                        e_t0 = gr.Number(value=None, precision=0, label="t0 (empty: the model's or preset's)")
+                        e_t0 = gr.Number(
+                            value=0,
+                            precision=0,
+                            minimum=0,
+                            maximum=999,
+                            label="t0 (0: the edit model's or preset's)",
+                        )
                         e_steps = gr.Number(
-                            value=None, precision=0, label="Generation steps (empty: preset's)"
+                            value=0, precision=0, minimum=0, label="Generation steps (0: the preset's)"
                         )
                     e_run = gr.Button("Edit", variant="primary", elem_id="edit-run")
                 with gr.Column(scale=2):
@@ -411,8 +417,8 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
             def validate(text: str, members: Sequence[str] | None, with_base: bool) -> str:
                 check = backend.validate_schedule(text or "", list(members or []), with_base=with_base)
                 if check.ok:
-                    return f"✅ {check.message}"
-                return f"❌ {check.message}" + (f"\n\nHint: {check.hint}" if check.hint else "")
+                    return f"**Valid:** {check.message}"
+                return f"**Invalid:** {check.message}" + (f"\n\nHint: {check.hint}" if check.hint else "")
 
             @_guard
             def run_mix(
@@ -594,12 +600,17 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
                     f_mode = gr.Radio(
                         ["preset default", "original", "efficient"], value="preset default", label="Mode"
                     )
-                    f_epochs = gr.Number(value=None, precision=0, label="Epochs (empty: the preset's)")
+                    f_epochs = gr.Number(
+                        value=ft_first.epochs if ft_first else 1, precision=0, minimum=1, label="Epochs"
+                    )
                     f_images = gr.File(
                         label="Training photos (optional)", file_count="multiple", file_types=["image"]
                     )
                     f_samples = gr.Number(
-                        value=None, precision=0, label="Samples from the base model (empty: the preset's)"
+                        value=ft_first.n_train_images if ft_first else 0,
+                        precision=0,
+                        minimum=0,
+                        label="Samples drawn from the base model (0: only your photos)",
                     )
                     f_previews = gr.Number(
                         value=backend.DEFAULT_PREVIEWS, precision=0, label="Preview samples"
@@ -659,7 +670,7 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
                             mode=None if mode == "preset default" else mode,
                             epochs=int(epochs) if epochs else None,
                             images=images,
-                            samples=int(samples) if samples is not None else None,
+                            samples=int(samples or 0),
                             previews=int(previews or 0),
                             seed=int(seed or 0),
                             overwrite=overwrite,
@@ -685,17 +696,19 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
                         event = None if not worker.is_alive() else backend.ProgressEvent("status", "")
                     if event is None:
                         break
+                    changed = False
                     if event.kind == "progress":
                         if event.total:
                             unit = "bytes" if event.detail == "bytes" else "steps"
                             progress((int(event.done), int(event.total)), desc=event.label, unit=unit)
+                        changed = event.label != eta.label
                         status = eta.describe(event)
                     elif event.label:
-                        log.append(("⚠️ " if event.kind == "warning" else "") + event.label)
+                        log.append(("Warning: " if event.kind == "warning" else "") + event.label)
                         if event.image is not None:
                             preview = str(event.image)
                     now = time.monotonic()
-                    if now - shown >= 0.5:
+                    if changed or now - shown >= 0.5:
                         shown = now
                         yield status, "\n".join(log), preview, gr.skip()
                 worker.join()
@@ -712,7 +725,7 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
                     "losses": {k: round(v, 4) for k, v in out.losses.items()},
                 }
                 yield (
-                    f"✅ Added {', '.join(out.names)} to the library in {out.seconds:.1f} s.",
+                    f"**Done:** added {', '.join(out.names)} to the library in {out.seconds:.1f} s.",
                     "\n".join(log),
                     str(out.previews[-1]) if out.previews else preview,
                     done,
@@ -725,10 +738,20 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
                 stop.set()
                 return "Cancelling… the job stops after its current step; nothing is saved."
 
+            def on_ft_domain(name: str | None) -> tuple[Any, Any, Any]:
+                info = presets.get(name or "")
+                if info is None:
+                    return gr.update(choices=[""], value=""), gr.skip(), gr.skip()
+                return (
+                    gr.update(choices=[""] + _edit_names(info), value=""),
+                    info.epochs,
+                    info.n_train_images,
+                )
+
             f_domain.change(
-                lambda n: gr.update(choices=[""] + _edit_names(presets.get(n or "")), value=""),
+                on_ft_domain,
                 f_domain,
-                f_edit,
+                [f_edit, f_epochs, f_samples],
                 api_visibility="private",
             )
             ft_event = f_run.click(
@@ -751,7 +774,8 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
                 concurrency_limit=1,
                 api_name="finetune",
             )
-            f_cancel.click(cancel, None, f_status, api_name="cancel", concurrency_limit=None, queue=False)
+            # the flag stops a running job at its next step (nothing is saved); ``cancels`` drops a queued one
+            f_cancel.click(cancel, None, f_status, api_name="cancel", cancels=[ft_event], queue=False)
 
         # -- Library ---------------------------------------------------------------------------------------------
         with gr.Tab("Library", id="library"):
