@@ -28,6 +28,8 @@ AUTO = "auto"
 CSS = """
 #dclip-title h1 { margin-bottom: 0; }
 .dclip-status { min-height: 1.5em; }
+/* results fill their box whatever their pixel size (the models work at 256x256, tests at 32x32) */
+.dclip-result img { width: 100% !important; height: 100% !important; object-fit: contain; }
 """
 
 METRIC_LABELS = {
@@ -252,6 +254,7 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
                         type="filepath",
                         interactive=False,
                         format="png",
+                        elem_classes="dclip-result",
                         height=320,
                         elem_id="edit-output",
                     )
@@ -260,6 +263,8 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
                         type="filepath",
                         interactive=False,
                         format="png",
+                        height=200,
+                        elem_classes="dclip-result",
                         elem_id="edit-compare",
                     )
                     e_gallery = gr.Gallery(
@@ -267,6 +272,8 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
                         columns=5,
                         height=220,
                         object_fit="contain",
+                        preview=False,
+                        fit_columns=False,
                         elem_id="edit-gallery",
                     )
                     e_metrics = gr.JSON(label="Metrics (from the sidecars)", elem_id="edit-metrics")
@@ -404,11 +411,17 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
                         type="filepath",
                         interactive=False,
                         format="png",
+                        elem_classes="dclip-result",
                         height=320,
                         elem_id="mix-output",
                     )
                     m_cmp = gr.Image(
-                        label="input | reconstruction | mix", type="filepath", interactive=False, format="png"
+                        label="input | reconstruction | mix",
+                        type="filepath",
+                        interactive=False,
+                        format="png",
+                        height=200,
+                        elem_classes="dclip-result",
                     )
                     m_metrics = gr.JSON(label="Metrics (from the sidecars)")
                     m_dl = gr.File(label="Download image + sidecar", file_count="multiple")
@@ -521,6 +534,7 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
                         type="filepath",
                         interactive=False,
                         format="png",
+                        elem_classes="dclip-result",
                         height=320,
                         elem_id="translate-output",
                     )
@@ -529,10 +543,17 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
                         columns=6,
                         height=220,
                         object_fit="contain",
+                        preview=False,
+                        fit_columns=False,
                         elem_id="translate-rounds",
                     )
                     t_cmp = gr.Image(
-                        label="input | projection | edit", type="filepath", interactive=False, format="png"
+                        label="input | projection | edit",
+                        type="filepath",
+                        interactive=False,
+                        format="png",
+                        height=200,
+                        elem_classes="dclip-result",
                     )
                     t_metrics = gr.JSON(label="Metrics (from the sidecars)")
                     t_dl = gr.File(label="Download image + sidecar", file_count="multiple")
