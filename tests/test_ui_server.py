@@ -4,11 +4,13 @@ driven through its API with ``gradio_client`` and through the page in headless C
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
 import shutil
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +35,10 @@ from tests.support.ui import (
 METRIC_KEYS = {"clip_directional", "clip_target", "reconstruction_psnr"}  # --metrics clip,psnr
 
 
+#: the page is served with a password (from DCLIP_UI_AUTH), so every test also goes through the sign-in
+AUTH = ("tester", "not-a-secret")
+
+
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[UiWorld, UiProcess]]:
     require("gradio")
@@ -40,6 +46,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[UiWorld, UiPr
     root = tmp_path_factory.mktemp("ui-world")
     with FileServer() as http:
         world = write_ui_world(root, http)
+        world.env["DCLIP_UI_AUTH"] = ":".join(AUTH)
         with start_ui(world) as proc:
             yield world, proc
 
@@ -49,14 +56,31 @@ def client(ui: tuple[UiWorld, UiProcess], tmp_path: Path) -> Any:
     from gradio_client import Client
 
     _, proc = ui
-    return Client(proc.url, verbose=False, download_files=str(tmp_path / "downloads"))
+    return Client(proc.url, auth=AUTH, verbose=False, download_files=str(tmp_path / "downloads"))
 
 
-def test_serves_on_loopback_and_prints_the_url(ui: tuple[UiWorld, UiProcess]) -> None:
+def signed_in(url: str) -> urllib.request.OpenerDirector:
+    """A urllib opener holding the page's session cookie."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = urllib.parse.urlencode({"username": AUTH[0], "password": AUTH[1]}).encode()
+    opener.open(f"{url}login", data=form, timeout=10)
+    return opener
+
+
+def test_serves_on_loopback_behind_the_password(ui: tuple[UiWorld, UiProcess]) -> None:
+    from gradio_client import Client
+    from gradio_client.exceptions import AuthenticationError
+
     _, proc = ui
     assert proc.url.startswith("http://127.0.0.1:")
     assert "press Ctrl+C to stop" in proc.output()
     assert "Warning" not in proc.output()  # loopback: no exposure warning
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{proc.url}config", timeout=10)
+    assert err.value.code == 401
+    with pytest.raises(AuthenticationError):
+        Client(proc.url, verbose=False)
+    assert json.load(signed_in(proc.url).open(f"{proc.url}config", timeout=10))["title"] == "dclip"
 
 
 def test_edit_returns_an_image_of_the_preset_size_and_the_sidecar_metrics(
@@ -152,6 +176,31 @@ def test_finetune_job_reports_progress_and_adds_a_library_entry(
     assert rows["tiny_base"][1] == "checkpoint"  # the cached base model is listed too
 
 
+def test_library_import_and_delete_through_the_page(ui: tuple[UiWorld, UiProcess], client: Any) -> None:
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    from tests.support.editing import checkpoint_bytes
+
+    world, _ = ui
+    upload = world.root / "downloaded_edit.pth"
+    upload.write_bytes(checkpoint_bytes(5))
+    status, table, _ = client.predict(
+        handle_file(str(upload)), f"{PRESET}/imported", False, api_name="/import"
+    )
+    assert status == f"Imported as {PRESET}/imported (imported.pth)."
+    assert f"{PRESET}/imported" in {row[0] for row in table["data"]}
+    assert (world.library() / PRESET / "imported.pth").read_bytes() == upload.read_bytes()
+    with pytest.raises(AppError, match="is not a valid checkpoint name"):
+        client.predict(handle_file(str(upload)), "../../outside", False, api_name="/import")
+    with pytest.raises(AppError, match="face/other is not in the list of choices"):  # only listed entries
+        client.predict("face/other", api_name="/delete")
+    status, table, _ = client.predict(f"{PRESET}/imported", api_name="/delete")
+    assert status.startswith(f"Deleted {PRESET}/imported (imported.pth")
+    assert f"{PRESET}/imported" not in {row[0] for row in table["data"]}
+    assert not (world.library() / PRESET / "imported.pth").exists()
+
+
 def test_cancel_stops_a_running_finetune_job_and_saves_nothing(
     ui: tuple[UiWorld, UiProcess], client: Any
 ) -> None:
@@ -177,12 +226,19 @@ def test_cancel_stops_a_running_finetune_job_and_saves_nothing(
     )
 
 
-def test_files_outside_the_outputs_are_not_served(ui: tuple[UiWorld, UiProcess]) -> None:
+def test_only_the_outputs_folder_is_served(ui: tuple[UiWorld, UiProcess]) -> None:
     world, proc = ui
-    for path in ("/etc/passwd", str(world.clip), str(world.root / "cache")):
+    opener = signed_in(proc.url)
+    probe = world.outputs / "probe.txt"
+    probe.write_text("result")
+    assert opener.open(f"{proc.url}gradio_api/file={probe}", timeout=10).read() == b"result"
+    library_file = world.library() / "secret.txt"
+    library_file.parent.mkdir(parents=True, exist_ok=True)
+    library_file.write_text("library")
+    for path in ("/etc/passwd", str(world.clip), str(library_file), f"{world.outputs}/../tiny_clip.pt"):
         with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(f"{proc.url}gradio_api/file={path}", timeout=10)
-        assert err.value.code in (403, 404)
+            opener.open(f"{proc.url}gradio_api/file={path}", timeout=10)
+        assert err.value.code in (403, 404), path
 
 
 def test_browser_upload_edit_and_screenshot(ui: tuple[UiWorld, UiProcess], tmp_path: Path) -> None:
@@ -209,6 +265,9 @@ def test_browser_upload_edit_and_screenshot(ui: tuple[UiWorld, UiProcess], tmp_p
             page = browser.new_page()
             page.on("request", lambda r: requests.append(r.url))
             page.goto(proc.url, wait_until="domcontentloaded")
+            page.locator("input[data-testid=textbox]").fill(AUTH[0])  # Gradio's sign-in form
+            page.locator("input[data-testid=password]").fill(AUTH[1])
+            page.get_by_role("button", name="Login").click()
             page.locator("#edit-images input[type=file]").set_input_files(str(face))
             page.wait_for_function(
                 "document.querySelector('#edit-detected')?.innerText.includes('tinyface')", timeout=30_000

@@ -857,7 +857,7 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
                 staged = backend.stage_uploads(
                     settings, _sid(request), paths, allowed_roots=[upload_root], what="checkpoint"
                 )
-                dest = backend.import_file(staged[0], name, overwrite=overwrite)
+                dest = backend.import_file(staged[0], name, overwrite=overwrite, remove_source=True)
                 return f"Imported as {name.strip()} ({dest.name}).", *rows()
 
             l_refresh.click(rows, None, [l_table, l_name], api_name="library", concurrency_id=LIBRARY)

@@ -1042,13 +1042,18 @@ def delete_entry(name: str) -> list[str]:
         return [p.name for p in remove(name)]
 
 
-def import_file(path: Path, name: str, *, overwrite: bool = False) -> Path:
+def import_file(path: Path, name: str, *, overwrite: bool = False, remove_source: bool = False) -> Path:
     """Add a checkpoint file to the cache (registered name) or the library (``preset/edit``), after the store's
-    format and hash checks (``dclip models import FILE --as NAME``). ``path`` is a staged upload."""
+    format and hash checks (``dclip models import FILE --as NAME``). ``path`` is a staged upload, deleted
+    afterwards with ``remove_source``."""
     with _user_errors():
         from dclip_cli.checkpoints import cache
         from dclip_cli.checkpoints.store import import_file as _import
 
-        name = name.strip()
-        cache.validate_name(name)
-        return _import(path, name, overwrite=overwrite)
+        try:
+            name = name.strip()
+            cache.validate_name(name)
+            return _import(path, name, overwrite=overwrite)
+        finally:
+            if remove_source:
+                path.unlink(missing_ok=True)
