@@ -134,6 +134,7 @@ def ui_command(
         )
 
     server.serve(options, on_ready=ready)
+    console.info("dclip ui stopped.")
 
 
 def register(app: typer.Typer) -> None:

@@ -291,6 +291,8 @@ def build(settings: backend.Settings, *, domain: str | None = None, upload_root:
                 paths = _paths(files)
                 if not paths:
                     return "", None, gr.update(), gr.skip()
+                if name and name != AUTO:  # chosen: nothing to detect
+                    return f"Domain **{name}** (chosen).", None, gr.skip(), gr.skip()
                 d = backend.detect_domain(settings, stage(paths, request))
                 if d.method == "only-preset":
                     text = f"Domain **{d.domain}** (the only installed preset)."

@@ -10,8 +10,10 @@ import importlib.util
 import ipaddress
 import os
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,11 +130,27 @@ def url_of(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
+def _wait_for_stop() -> None:
+    """Block until Ctrl+C or SIGTERM (both end the server normally, so the temporary folder is removed)."""
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def serve(options: ServeOptions, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Build the page and serve it until interrupted (Ctrl+C).
 
-    ``on_ready(url)`` is called once the server accepts connections. Uploads live in a temporary folder removed
-    on exit; results stay in ``options.outputs``.
+    ``on_ready(url)`` is called once the server accepts connections. Ctrl+C or SIGTERM stop it. Uploads live in
+    a temporary folder removed on exit; results stay in ``options.outputs``.
     """
     require_gradio()
     check_port(options.host, options.port)
@@ -189,7 +207,7 @@ def serve(options: ServeOptions, *, on_ready: Callable[[str], None] | None = Non
         if on_ready is not None:
             on_ready(url_of(options.host, options.port) if local_url is None else str(local_url))
         try:
-            demo.block_thread()
+            _wait_for_stop()
         finally:
             demo.close()
     finally:

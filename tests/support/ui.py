@@ -132,6 +132,13 @@ class UiWorld:
     image: Path
     outputs: Path
     env: dict[str, str] = field(default_factory=dict)
+    pending: list[threading.Thread] = field(default_factory=list)
+
+    def wait(self) -> None:
+        """Wait until every file of the world is written."""
+        for thread in self.pending:
+            thread.join()
+        assert self.clip.is_file(), f"{self.clip} was not written"
 
     def library(self) -> Path:
         return Path(self.env["DCLIP_DATA"]) / "edits"
@@ -156,7 +163,11 @@ def write_ui_world(root: Path, http: Any) -> UiWorld:
     plugin_dir = write_distribution(
         root / "site", "dclip-tinyui", "dclip_tinyui", source, entry_name=PLUGIN_ENTRY
     )
-    clip = save_tiny_clip(root / "tiny_clip.pt")
+    # the CLIP file is read at the first job, not at start-up: write it while the server boots
+    clip = root / "tiny_clip.pt"
+    writer = threading.Thread(target=save_tiny_clip, args=(clip,), name="tiny-clip", daemon=True)
+    writer.start()
+    (root / "tmp").mkdir()
     image = write_image(root / "in" / "photo.png", size=(48, 40))
     env = dict(os.environ)
     paths = [str(plugin_dir)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -170,12 +181,13 @@ def write_ui_world(root: Path, http: Any) -> UiWorld:
         TORCH_HOME=str(root / "torch-home"),
         OMP_NUM_THREADS="1",
         MKL_NUM_THREADS="1",
+        TMPDIR=str(root / "tmp"),
         NO_PROXY="127.0.0.1,localhost",
         no_proxy="127.0.0.1,localhost",
     )
     for var in ("DCLIP_OFFLINE", "DCLIP_MIRROR", "DCLIP_DEVICE", "DCLIP_UI_AUTH", "GRADIO_SERVER_NAME"):
         env.pop(var, None)
-    return UiWorld(root, plugin_dir, clip, image, root / "outputs", env)
+    return UiWorld(root, plugin_dir, clip, image, root / "outputs", env, [writer])
 
 
 def free_port() -> int:
@@ -235,9 +247,10 @@ def start_ui(world: UiWorld, *extra: str, timeout: float = 90.0) -> Iterator[UiP
                     f"dclip ui did not start (exit code {proc.poll()}):\n{''.join(out)}{''.join(err)}"
                 )
             time.sleep(0.1)
+        world.wait()
         yield UiProcess(url, proc, out, err)
     finally:
-        proc.terminate()
+        proc.terminate()  # SIGTERM: dclip ui stops normally and removes its temporary folder
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -245,3 +258,7 @@ def start_ui(world: UiWorld, *extra: str, timeout: float = 90.0) -> Iterator[UiP
             proc.wait(timeout=15)
         for t in threads:
             t.join(timeout=5)
+    assert proc.returncode == 0, f"dclip ui exited with {proc.returncode}:\n{''.join(out)}{''.join(err)}"
+    assert "dclip ui stopped." in "".join(err)
+    left = sorted(p.name for p in (world.root / "tmp").glob("dclip-ui-*"))
+    assert not left, f"dclip ui left its temporary folder behind: {left}"
