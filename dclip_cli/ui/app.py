@@ -9,6 +9,7 @@ dclip's hint (``gr.Error``), never a traceback.
 from __future__ import annotations
 
 import functools
+import os
 import queue
 import threading
 import time
@@ -31,15 +32,6 @@ CSS = """
 /* results fill their box whatever their pixel size (the models work at 256x256, tests at 32x32) */
 .dclip-result img { width: 100% !important; height: 100% !important; object-fit: contain; }
 """
-
-METRIC_LABELS = {
-    "clip_directional": "CLIP directional ↑",
-    "clip_target": "CLIP target ↑",
-    "lpips": "LPIPS ↓",
-    "identity": "identity ↑",
-    "psnr": "reconstruction PSNR ↑",
-}
-
 
 # -- helpers ------------------------------------------------------------------------------------------------------
 
@@ -76,8 +68,6 @@ def _guard(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _debug(exc: BaseException) -> None:
-    import os
-
     if os.environ.get("DCLIP_DEBUG", "") not in ("", "0"):
         import traceback
 
