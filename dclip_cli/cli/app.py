@@ -54,6 +54,7 @@ COMMANDS: tuple[str, ...] = (
     "models",
     "presets",
     "plugins",
+    "ui",
 )
 
 app = typer.Typer(
