@@ -128,4 +128,7 @@ for _name in COMMANDS:
 
 def main() -> None:
     """Console-script entry point."""
+    from dclip_cli.cli.errors import install_sigterm_handler
+
+    install_sigterm_handler()
     app()
