@@ -339,7 +339,9 @@ def _wait_for_partial(folder: Path, proc: subprocess.Popen, at_least: int) -> Pa
 
 
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
-def test_killed_download_is_listed_and_resumed_under_the_lock(server: FileServer, tmp_path: Path, sig) -> None:
+def test_killed_download_is_listed_and_resumed_under_the_lock(
+    server: FileServer, tmp_path: Path, sig
+) -> None:
     """Issue 11, point 14: a download killed mid-way leaves a partial file that ``list_partial`` reports, and the
     next fetch resumes it (Range from its last byte) instead of leaving it in the cache forever."""
     import signal
@@ -446,7 +448,9 @@ def test_download_says_what_from_where_and_errors_in_plain_words(monkeypatch: py
     assert said[1].startswith("ViT-T.pt: the host name openaipublic.example could not be resolved")
     assert "retrying in" in said[1] and "(retry 1 of 2" in said[1]
     msg = str(info.value)
-    assert "could not be resolved (no network connection, or DNS is blocked) (gave up after 3 attempts)" in msg
+    assert (
+        "could not be resolved (no network connection, or DNS is blocked) (gave up after 3 attempts)" in msg
+    )
     for noise in ("HTTPSConnectionPool", "Max retries", "urllib3", "object at 0x", "NameResolutionError"):
         assert noise not in msg
     hint = info.value.hint or ""
@@ -456,5 +460,8 @@ def test_download_says_what_from_where_and_errors_in_plain_words(monkeypatch: py
     with pytest.raises(DownloadError) as info:
         download.fetch(spec)
     hint = info.value.hint or ""
-    assert "set DCLIP_MIRROR" not in hint and "DCLIP_MIRROR (https://mirror.example/files) did not have it" in hint
+    assert (
+        "set DCLIP_MIRROR" not in hint
+        and "DCLIP_MIRROR (https://mirror.example/files) did not have it" in hint
+    )
     assert "ViT-T.pt: the host name mirror.example could not be resolved" in str(info.value)
