@@ -126,9 +126,17 @@ def test_import_command(server: FileServer, tmp_path: Path) -> None:
     assert result.stdout.strip() == str(cache.checkpoints_dir() / "base.ckpt")
     clash = runner.invoke(app, ["models", "import", str(src), "--as", "ddpm-base"])
     assert clash.exit_code == 1 and "--overwrite" in clash.stderr
-    edit = runner.invoke(app, ["models", "import", str(src), "--as", "face/mine"])
-    assert edit.exit_code == 0 and edit.stdout.strip() == str(cache.library_dir() / "face" / "mine.ckpt")
+    from tests.support.editing import TinyPlugin, checkpoint_bytes, tiny_preset
+
+    manager.register_plugin("tiny", TinyPlugin([tiny_preset("tinyface", "a face")], []))
+    tiny = tmp_path / "mine.ckpt"
+    tiny.write_bytes(checkpoint_bytes(0))
+    edit = runner.invoke(app, ["models", "import", str(tiny), "--as", "tinyface/mine"])
+    assert edit.exit_code == 0, edit.output
+    assert edit.stdout.strip() == str(cache.library_dir() / "tinyface" / "mine.ckpt")
     listing = json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)
-    assert [e["name"] for e in listing["edits"]] == ["face/mine"]
+    assert [e["name"] for e in listing["edits"]] == ["tinyface/mine"]
+    wrong_arch = runner.invoke(app, ["models", "import", str(src), "--as", "face/mine"])
+    assert wrong_arch.exit_code == 1 and "does not fit the DDPM architecture" in wrong_arch.stderr
     wrong = runner.invoke(app, ["models", "import", str(src), "--as", "tiny"])
     assert wrong.exit_code == 1 and "expected 320000 bytes" in wrong.stderr

@@ -149,7 +149,9 @@ def warn_unreadable(reporter: Reporter, name: str, path: Path, problem: str) -> 
     if key in _WARNED:
         return
     _WARNED.add(key)
-    reporter.warn(f"Skipped {path} in the edit library: {problem} Remove it with 'dclip models rm {name}'.")
+    reporter.warn(
+        f"Skipped a damaged edit in the library: {problem} Remove it with 'dclip models rm {name}'."
+    )
 
 
 def find_match(
