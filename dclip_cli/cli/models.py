@@ -54,10 +54,6 @@ def size_text(size: int | None, approximate: bool = False) -> str:
     return ("~" if approximate else "") + format_bytes(size)
 
 
-def _yes_no(value: bool | None) -> str:
-    return "-" if value is None else ("yes" if value else "[red]CHANGED[/red]")
-
-
 def _interactive() -> bool:
     """Whether a person can answer a question (stdin and stderr are terminals)."""
     return sys.stdin.isatty() and sys.stderr.isatty()
@@ -106,30 +102,31 @@ def list_models(as_json: JsonOpt = False) -> None:
                 escape(f"{e.path} cannot be used: {e.problem} Remove it with 'dclip models rm {e.name}'.")
             )
     table = Table(title=f"Checkpoints in {escape(str(cache.checkpoints_dir()))}", title_justify="left")
-    table.add_column("name", style="bold", overflow="fold", ratio=2)
+    table.add_column("name", style="bold", no_wrap=True)
     table.add_column("size", justify="right", no_wrap=True)
-    table.add_column("cached", no_wrap=True)
-    table.add_column("verified", no_wrap=True)
-    table.add_column("path / source", overflow="fold", ratio=3)
+    table.add_column("status", no_wrap=True)
+    wide = console.out.width >= 120  # the file column only where it fits ('dclip models path NAME' prints it)
+    if wide:
+        table.add_column("file", overflow="fold")
+    root = cache.checkpoints_dir()
     for r in rows:
         if r.cached:
-            where = escape(str(r.path))
+            status = "cached" + {None: "", True: ", verified", False: ", [red]CHANGED[/red]"}[r.verified]
+            if r.override:
+                status += " [yellow](unpinned)[/yellow]"
         elif r.partial:
-            where = f"[yellow]partial: {format_bytes(r.partial)} (resumed by the next fetch)[/yellow]"
+            status = f"[yellow]partial, {format_bytes(r.partial)}[/yellow]"
         elif r.downloadable:
-            where = "[dim]download on first use[/dim]"
+            status = "[dim]download on first use[/dim]"
         else:
-            where = "[yellow]manual download[/yellow]"
-        verified = _yes_no(r.verified) if r.cached else ""
-        if r.override:
-            verified += " [yellow](unpinned)[/yellow]"
-        table.add_row(
-            escape(r.name) + ("" if r.registered else " [dim](unregistered)[/dim]"),
-            size_text(r.size, r.approximate),
-            "yes" if r.cached else "no",
-            verified,
-            where,
-        )
+            status = "[yellow]manual download[/yellow]"
+        try:
+            where = r.path.relative_to(root).as_posix()
+        except ValueError:
+            where = str(r.path)
+        cells = [escape(r.name) + ("" if r.registered else " [dim](unregistered)[/dim]")]
+        cells += [size_text(r.size, r.approximate), status] + ([escape(where)] if wide else [])
+        table.add_row(*cells)
     unknown = totals["not_cached_unknown"]
     to_get = ("about " if totals["not_cached_approximate"] else "") + format_bytes(totals["not_cached"])
     to_get += f" + {unknown} of unknown size" if unknown else ""
@@ -151,10 +148,9 @@ def list_models(as_json: JsonOpt = False) -> None:
         console.info(escape(f"No fine-tuned edits in the library ({cache.library_dir()})."))
         return
     lib = Table(title=f"Fine-tuned edits in {escape(str(cache.library_dir()))}", title_justify="left")
-    lib.add_column("name", style="bold", overflow="fold", ratio=2)
+    lib.add_column("name", style="bold", no_wrap=True)
     lib.add_column("size", justify="right", no_wrap=True)
-    lib.add_column("trained with", overflow="fold", ratio=3)
-    lib.add_column("path", overflow="fold", ratio=3)
+    lib.add_column("trained with", overflow="fold")
     for e in edits:
         if e.problem:
             trained = "[red]unreadable[/red]"
@@ -162,7 +158,7 @@ def list_models(as_json: JsonOpt = False) -> None:
             trained = (
                 escape(e.training.summary() if e.training is not None else "") or "[dim]not recorded[/dim]"
             )
-        lib.add_row(escape(e.name), format_bytes(e.size), trained, escape(str(e.path)))
+        lib.add_row(escape(e.name), format_bytes(e.size), trained)
     lib.caption = f"Total: {format_bytes(totals['edits'])}."
     lib.caption_justify = "left"
     console.out.print(lib)
