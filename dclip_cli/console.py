@@ -12,12 +12,15 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TaskProgressColumn,
-    TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
+from rich.text import Text
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -53,16 +56,29 @@ def warn(message: str) -> None:
     err.print(f"[yellow]Warning:[/yellow] {message}", highlight=False)
 
 
+class _LabelColumn(ProgressColumn):
+    """The task's label with its status text (``12/40``, ``3.1/455.0 MB``, the loss) on a second line, so that a
+    row fits 80 columns without cutting either."""
+
+    def render(self, task: Task) -> Text:
+        text = Text.from_markup(task.description)
+        status = task.fields.get("status", "")
+        if status:
+            text.append("\n")
+            text.append_text(Text.from_markup(status, style="dim"))
+        return text
+
+
 def make_progress() -> Progress:
-    """A Rich ``Progress`` on stderr: description, bar, percentage, elapsed and remaining time, and a status text
-    (the display puts counts such as ``12/40`` or ``3.1/455.0 MB`` there)."""
+    """A Rich ``Progress`` on stderr: spinner, label (with the status text, such as ``12/40`` or ``3.1/455.0 MB``,
+    below it), bar, percentage, elapsed and remaining time. The label folds rather than being cut and the times
+    never shrink, so the display stays readable in an 80-column terminal."""
     columns: list[Any] = [
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
+        SpinnerColumn(table_column=Column(no_wrap=True, width=1)),
+        _LabelColumn(table_column=Column(ratio=3, overflow="fold")),
+        BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=5)),
+        TaskProgressColumn(table_column=Column(no_wrap=True, min_width=4, justify="right")),
+        TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=7)),
+        TimeRemainingColumn(table_column=Column(no_wrap=True, min_width=7)),
     ]
-    return Progress(*columns, console=err, disable=_quiet, transient=False)
+    return Progress(*columns, console=err, disable=_quiet, transient=False, expand=True)
