@@ -128,6 +128,7 @@ COMMANDS: tuple[str, ...] = (
     "models",
     "presets",
     "plugins",
+    "doctor",
 )
 
 app = typer.Typer(

@@ -50,6 +50,9 @@ class PluginInfo:
     version: str | None
     hooks: list[str] = field(default_factory=list)
     error: str | None = None
+    #: what the plugin registered (and kept), by kind: ``presets``, ``checkpoints``, ``aligners``,
+    #: ``identity_models``
+    registered: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +62,7 @@ class PluginInfo:
             "version": self.version,
             "hooks": self.hooks,
             "error": self.error,
+            "registered": self.registered,
         }
 
 
@@ -198,6 +202,14 @@ def load_registry(
             continue
         owner = f"{dist} ({name})" if dist else name
         claims.add(collector, owner)
+        info.registered = {
+            "presets": [p.name for p in collector.presets if registry.preset_owner.get(p.name) == owner],
+            "checkpoints": [c.name for c in collector.checkpoints if registry.checkpoints.get(c.name) is c],
+            "aligners": [a.name for a in collector.aligners if registry.aligners.get(a.name) is a],
+            "identity_models": [
+                i.name for i in collector.identity_models if registry.identity_models.get(i.name) is i
+            ],
+        }
     return registry
 
 
