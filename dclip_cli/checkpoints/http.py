@@ -24,7 +24,7 @@ def host_of(url: str) -> str:
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and everything it was raised from (``__cause__``, ``__context__``, urllib3's ``reason``, args)."""
-    todo, seen = [exc], set()
+    todo, seen = [exc], set[int]()
     while todo and len(seen) < 32:
         e = todo.pop(0)
         if id(e) in seen:

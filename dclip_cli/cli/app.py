@@ -49,7 +49,7 @@ def _metavar(param: Any) -> str:
             annotation = args[0]
         kind = {int: "integer", float: "float"}.get(annotation, "text")
     else:
-        click_type = getattr(param, "type", None)
+        click_type: Any = getattr(param, "type", None)
         if getattr(click_type, "choices", None):
             return "|".join(str(getattr(c, "value", c)) for c in click_type.choices)
         if hasattr(click_type, "dir_okay"):

@@ -116,10 +116,12 @@ def doctor(as_json: JsonOpt = False) -> None:
     out.print(_section("Presets", rows))
     pl = report["plugins"]
     rows = _error_row(pl)
-    for info in [] if "error" in pl else pl["loaded"] + pl["failed"]:
-        where = f"{info['distribution']} {info['version']}" if info["distribution"] else info["module"]
-        state = f"[red]failed: {esc(info['error'])}[/red]" if info["error"] else "ok"
-        rows.append((esc(info["name"]), f"{esc(where)}: {state}"))
+    for plugin in [] if "error" in pl else pl["loaded"] + pl["failed"]:
+        where = (
+            f"{plugin['distribution']} {plugin['version']}" if plugin["distribution"] else plugin["module"]
+        )
+        status = f"[red]failed: {esc(plugin['error'])}[/red]" if plugin["error"] else "ok"
+        rows.append((esc(plugin["name"]), f"{esc(where)}: {status}"))
     out.print(_section("Plugins", rows))
     s = report["settings"]
     rows = _error_row(s)

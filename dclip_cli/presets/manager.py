@@ -262,10 +262,11 @@ class _Claims:
                 self._clash("preset", preset.name, first, owner)
         for spec in collector.checkpoints:
             self._add_spec(spec, owner)
-        for kind, items, target in (
+        groups: tuple[tuple[str, list[Any], dict[str, Any]], ...] = (
             ("aligner", collector.aligners, registry.aligners),
             ("identity model", collector.identity_models, registry.identity_models),
-        ):
+        )
+        for kind, items, target in groups:
             for item in items:
                 key = (kind, item.name)
                 if key not in self.owners:
