@@ -292,3 +292,26 @@ def test_cli_reports_full_disk_and_damaged_clip_in_one_line(world, monkeypatch: 
     result = runner.invoke(app, [*args, "--metrics", "psnr", "--finetune-samples", "1"])
     assert result.exit_code == 1, result.output
     assert "clip.safetensors' could not be read" in result.stderr and "bug in dclip" not in result.stderr
+
+
+def test_disk_full_during_a_download_names_the_file_and_the_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dclip_cli.checkpoints import download
+    from tests.support.http_server import FileServer
+
+    data = b"w" * 300_000
+    with FileServer() as server:
+        spec = CheckpointSpec("tiny", "tiny.ckpt", urls=(server.add("/tiny.ckpt", data),), size=len(data))
+        dest = cache.checkpoint_path(spec)
+        full = dest.with_name("tiny.ckpt.0000dead.incomplete")
+
+        def new_tmp(path: Path) -> Path:  # the partial file lands on a full disk
+            full.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink("/dev/full", full)
+            return full
+
+        monkeypatch.setattr(download, "_new_tmp", new_tmp)
+        with pytest.raises(DiskFullError) as info:
+            download.fetch(spec)
+    msg = str(info.value)
+    assert f"Could not write {dest}: the disk is full" in msg and "the file needs 300.0 kB" in msg
+    assert not os.path.lexists(full) and not dest.exists()
