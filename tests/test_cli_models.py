@@ -273,3 +273,60 @@ def test_rm_yes_removes_without_asking() -> None:
     (lib / "mine.pth").write_bytes(b"x")
     result = runner.invoke(app, ["models", "rm", "--yes", "face/mine"])
     assert result.exit_code == 0 and not (lib / "mine.pth").exists()
+
+
+def test_sigterm_during_fetch_keeps_the_bytes_and_the_next_fetch_resumes(tmp_path: Path) -> None:
+    """Issue 11, point 14, through the real ``dclip`` process: SIGTERM ends it like Ctrl-C (exit 143), the partial
+    file stays, ``models list`` shows it and the next ``fetch`` continues from its last byte."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.support.plugins import write_distribution
+
+    with FileServer() as server:
+        url = server.add("/slow.ckpt", DATA)
+        server.misbehave("/slow.ckpt", delay=0.3, times=1)
+        source = f"""
+from dclip_cli.plugin import CheckpointSpec, hookimpl
+
+@hookimpl
+def register_checkpoints(register):
+    register(CheckpointSpec("slow", "slow.ckpt", urls=({url!r},), sha256={SHA!r}, size={len(DATA)}))
+"""
+        site = write_distribution(
+            tmp_path / "site", "dclip-slow", "dclip_test_slow", source, entry_name="slow"
+        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(site), *sys.path]),
+            "DCLIP_LOAD_PLUGINS": "slow",
+        }
+        cmd = [sys.executable, "-m", "dclip_cli", "models", "fetch", "slow"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        folder = cache.checkpoints_dir()
+        deadline = time.monotonic() + 60
+        while (
+            not any(p.stat().st_size >= 65536 for p in folder.glob("*.incomplete"))
+            if folder.is_dir()
+            else True
+        ):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, err
+        assert "Terminated." in err and "partial download is kept" in err
+        listing = subprocess.run(
+            [*cmd[:3], "models", "list", "--json"], env=env, capture_output=True, text=True
+        )
+        (partial,) = json.loads(listing.stdout)["partial"]
+        assert partial["name"] == "slow" and 0 < partial["size"] < len(DATA)
+        again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert f"Resuming slow.ckpt at {partial['size'] / 1000:.1f} kB of 320.0 kB" in again.stderr
+        assert Path(again.stdout.strip()).read_bytes() == DATA
+        assert server.requests_for("/slow.ckpt")[-1].headers["Range"] == f"bytes={partial['size']}-"
+    assert sorted(p.name for p in folder.iterdir() if p.is_file()) == ["slow.ckpt", "slow.ckpt.meta.json"]

@@ -271,19 +271,26 @@ def write_entry_meta(path: Path, name: str, origin: str = "finetune") -> None:
     )
 
 
-def run_folders(path: Path) -> list[Path]:
-    """The fine-tuning run folders (``<data_dir>/runs/*``) whose ``run.json`` lists ``path`` as an artifact."""
+def run_index() -> dict[str, list[Path]]:
+    """Fine-tuning run folders (``<data_dir>/runs/*``) by the artifacts their ``run.json`` lists (resolved paths)."""
     runs = cache.data_dir() / "runs"
+    index: dict[str, list[Path]] = {}
     if not runs.is_dir():
-        return []
-    target = str(path.resolve()) if path.exists() else str(path)
-    out = []
+        return index
     for doc in sorted(runs.glob("*/run.json")):
         try:
-            data = json.loads(doc.read_text(encoding="utf-8"))
-            listed = [str(Path(p).resolve()) for p in data.get("artifacts", []) if isinstance(p, str)]
+            listed = json.loads(doc.read_text(encoding="utf-8")).get("artifacts", [])
         except (OSError, ValueError, AttributeError):
             continue
-        if target in listed or str(path) in listed:
-            out.append(doc.parent)
-    return out
+        for artifact in listed if isinstance(listed, list) else []:
+            if isinstance(artifact, str):
+                index.setdefault(str(Path(artifact).resolve()), []).append(doc.parent)
+    return index
+
+
+def run_folders(path: Path, index: dict[str, list[Path]] | None = None) -> list[Path]:
+    """The fine-tuning run folders whose ``run.json`` lists ``path`` as an artifact (``index``: a
+    :func:`run_index` to reuse)."""
+    if index is None:
+        index = run_index()
+    return list(index.get(str(path.resolve()), []))

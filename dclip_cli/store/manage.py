@@ -27,7 +27,7 @@ from dclip_cli.errors import (
 )
 from dclip_cli.fileio import atomic_path
 from dclip_cli.presets.manager import get_registry
-from dclip_cli.store.library import TrainingSettings, read_entry, run_folders, training_settings
+from dclip_cli.store.library import TrainingSettings, read_entry, run_folders, run_index, training_settings
 from dclip_cli.store.specs import all_specs, find_spec, get_spec
 
 # -- listing --------------------------------------------------------------------------------------------------
@@ -171,6 +171,7 @@ def list_edits() -> list[EditStatus]:
     from dclip_cli.errors import DclipError
 
     out = []
+    runs = run_index()
     for name, path in cache.list_library():
         try:
             size = path.stat().st_size
@@ -180,7 +181,7 @@ def list_edits() -> list[EditStatus]:
             status = EditStatus(name, path, size, training=training_settings(read_entry(path)))
         except DclipError as exc:
             status = EditStatus(name, path, size, problem=exc.message)
-        status.runs = run_folders(path)
+        status.runs = run_folders(path, runs)
         out.append(status)
     return out
 
