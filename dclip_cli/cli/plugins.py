@@ -104,7 +104,9 @@ def install(
     from dclip_cli import console
     from dclip_cli.presets.install import install_plugin
 
-    change = install_plugin(package, upgrade=upgrade, output=lambda line: console.debug(escape(line)))
+    change = install_plugin(
+        package, upgrade=upgrade, output=lambda line: console.info(f"[dim]{escape(line)}[/dim]")
+    )
     if as_json:
         console.out.print_json(json.dumps(change.to_dict()))
     else:
@@ -139,7 +141,7 @@ def uninstall(
     from dclip_cli import console
     from dclip_cli.presets.install import uninstall_plugin
 
-    change = uninstall_plugin(name, output=lambda line: console.debug(escape(line)))
+    change = uninstall_plugin(name, output=lambda line: console.info(f"[dim]{escape(line)}[/dim]"))
     presets = [n for p in change.plugins for n in p.registered.get("presets", [])]
     what = f"; its presets {', '.join(presets)} are gone" if presets else ""
     console.info(escape(f"Uninstalled {', '.join(change.distributions)}{what}."))

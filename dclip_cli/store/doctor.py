@@ -195,7 +195,7 @@ def _plugins() -> dict[str, Any]:
 
 
 def _redact(value: str) -> str:
-    """A proxy URL without its user name and password."""
+    """A URL (proxy, mirror) without its user name and password."""
     from urllib.parse import urlsplit, urlunsplit
 
     try:
@@ -216,10 +216,11 @@ def _settings() -> dict[str, Any]:
     for name in SETTINGS:
         value = os.environ.get(name) or os.environ.get(name.lower())
         if value is not None:
-            env[name] = _redact(value) if name.endswith("PROXY") else value
+            env[name] = _redact(value) if name.endswith(("PROXY", "MIRROR")) else value
+    mirror = os.environ.get("DCLIP_MIRROR") or None
     return {
         "offline": is_offline(),
-        "mirror": os.environ.get("DCLIP_MIRROR") or None,
+        "mirror": _redact(mirror) if mirror else None,
         "environment": env,
         "partial_downloads": len(cache.list_partial()),
     }
