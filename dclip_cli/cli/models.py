@@ -99,7 +99,7 @@ def list_models(as_json: JsonOpt = False) -> None:
     for e in edits:
         if e.problem:
             console.warn(
-                escape(f"{e.path} cannot be used: {e.problem} Remove it with 'dclip models rm {e.name}'.")
+                escape(f"A damaged library edit: {e.problem} Remove it with 'dclip models rm {e.name}'.")
             )
     table = Table(title=f"Checkpoints in {escape(str(cache.checkpoints_dir()))}", title_justify="left")
     table.add_column("name", style="bold", no_wrap=True)
