@@ -465,3 +465,15 @@ def test_download_says_what_from_where_and_errors_in_plain_words(monkeypatch: py
         and "DCLIP_MIRROR (https://mirror.example/files) did not have it" in hint
     )
     assert "ViT-T.pt: the host name mirror.example could not be resolved" in str(info.value)
+
+
+def test_approximate_size_is_announced_only_for_the_specs_own_file(server: FileServer) -> None:
+    """A mirror in another format (or a copy with its own hashes) serves other bytes: its size is not the spec's."""
+    said: list[str] = []
+    other = server.add("/other/copy.bin", b"other bytes" * 10)
+    spec = CheckpointSpec(
+        "big", "big.ckpt", urls=(server.url("/gone/big.ckpt"), Mirror(other)), approx_size=455_000_000
+    )
+    download.fetch(spec, progress=lambda e: e.kind == "info" and said.append(e.message))
+    assert said[0] == "Downloading big.ckpt (about 455.0 MB) from 127.0.0.1."
+    assert said[1] == "Downloading big.ckpt (size unknown) from 127.0.0.1."

@@ -44,7 +44,7 @@ import urllib3
 
 from dclip_cli.checkpoints import cache
 from dclip_cli.checkpoints import http as _http
-from dclip_cli.checkpoints.registry import CheckpointSpec
+from dclip_cli.checkpoints.registry import CheckpointSpec, Mirror
 from dclip_cli.errors import (
     CheckpointError,
     CheckpointNotCachedError,
@@ -513,7 +513,8 @@ def _download_source(
     held = tmp.stat().st_size
     where = _http.host_of(url)
     size = format_bytes(total)
-    if total is None and spec.approx_size is not None and source.format == spec.format:
+    other_bytes = {m.url for m in spec.urls if isinstance(m, Mirror)}  # mirrors serving another file
+    if total is None and spec.approx_size is not None and source.url not in other_bytes:
         size = f"about {format_bytes(spec.approx_size)}"
     if held:
         reporter.info(f"Resuming {spec.filename} at {format_bytes(held)} of {size} from {where}.")
