@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     Progress,
+    ProgressColumn,
     SpinnerColumn,
+    Task,
     TaskProgressColumn,
-    TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
+from rich.text import Text
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -53,16 +57,46 @@ def warn(message: str) -> None:
     err.print(f"[yellow]Warning:[/yellow] {message}", highlight=False)
 
 
+class _LabelCell:
+    """A label and its status text: on one line when both fit the cell, else the status on its own line below;
+    a label longer than the cell wraps instead of being cut."""
+
+    def __init__(self, label: Text, status: Text) -> None:
+        self.label, self.status = label, status
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if not self.status.plain:
+            yield self.label
+        elif self.label.cell_len + 2 + self.status.cell_len <= options.max_width:
+            yield Text.assemble(self.label, "  ", self.status)
+        else:
+            yield Text.assemble(self.label, "\n", self.status)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        words = [*self.label.plain.split(), *self.status.plain.split()] or [""]
+        longest = max(len(w) for w in words)
+        full = self.label.cell_len + (2 + self.status.cell_len if self.status.plain else 0)
+        return Measurement(min(longest, options.max_width), min(full, options.max_width))
+
+
+class _LabelColumn(ProgressColumn):
+    """The task's label followed by its status text (``12/40``, ``3.1/455.0 MB``, the loss), see :class:`_LabelCell`."""
+
+    def render(self, task: Task) -> _LabelCell:  # type: ignore[override]
+        status = task.fields.get("status", "")
+        return _LabelCell(Text.from_markup(task.description), Text.from_markup(status, style="dim"))
+
+
 def make_progress() -> Progress:
-    """A Rich ``Progress`` on stderr: description, bar, percentage, elapsed and remaining time, and a status text
-    (the display puts counts such as ``12/40`` or ``3.1/455.0 MB`` there)."""
+    """A Rich ``Progress`` on stderr: spinner, label and status text (such as ``12/40`` or ``3.1/455.0 MB``), bar,
+    percentage, elapsed and remaining time. The label wraps rather than being cut and the times never shrink, so
+    the display stays readable in an 80-column terminal."""
     columns: list[Any] = [
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
+        SpinnerColumn(table_column=Column(no_wrap=True, width=1)),
+        _LabelColumn(table_column=Column(ratio=3, overflow="fold")),
+        BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=5)),
+        TaskProgressColumn(table_column=Column(no_wrap=True, min_width=4, justify="right")),
+        TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=7)),
+        TimeRemainingColumn(table_column=Column(no_wrap=True, min_width=7)),
     ]
-    return Progress(*columns, console=err, disable=_quiet, transient=False)
+    return Progress(*columns, console=err, disable=_quiet, transient=False, expand=True)

@@ -102,6 +102,10 @@ class OutputExistsError(OutputError, FileExistsError):
     """An output file exists and ``--overwrite`` was not given."""
 
 
+class DiskFullError(OutputError):
+    """A file could not be written because its disk (or the user's quota) is full."""
+
+
 class DeviceError(DclipError, RuntimeError):
     """The requested device is not available."""
 

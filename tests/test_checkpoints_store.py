@@ -201,17 +201,21 @@ def test_import_diffusers_copy_is_recorded_as_such(tmp_path: Path) -> None:
 
 
 def test_import_edit_into_the_library(tmp_path: Path) -> None:
-    src = save(ddpm_state_dict(), tmp_path / "my-edit.pth")
-    dest = store.import_file(src, "face/my-edit")
-    assert dest == cache.library_dir() / "face" / "my-edit.pth"
-    assert [(e.name, e.path) for e in store.list_edits()] == [("face/my-edit", dest)]
-    assert store.model_path("face/my-edit") == dest
-    assert store.verify("face/my-edit").ok
+    from tests.support.editing import TinyPlugin, checkpoint_bytes, tiny_preset
+
+    manager.register_plugin("tiny", TinyPlugin([tiny_preset("tinyface", "a face")], []))
+    src = tmp_path / "my-edit.pth"
+    src.write_bytes(checkpoint_bytes(0))
+    dest = store.import_file(src, "tinyface/my-edit")
+    assert dest == cache.library_dir() / "tinyface" / "my-edit.pth"
+    assert [(e.name, e.path) for e in store.list_edits()] == [("tinyface/my-edit", dest)]
+    assert store.model_path("tinyface/my-edit") == dest
+    assert store.verify("tinyface/my-edit").ok
     with pytest.raises(UnknownPresetError):
         store.import_file(src, "nosuchpreset/x")
     with pytest.raises(UnknownCheckpointError, match="No checkpoint named 'loose'"):
         store.import_file(src, "loose")
-    assert [p.name for p in store.remove("face/my-edit")] == ["my-edit.pth", "my-edit.pth.meta.json"]
+    assert [p.name for p in store.remove("tinyface/my-edit")] == ["my-edit.pth", "my-edit.pth.meta.json"]
     assert store.list_edits() == []
 
 

@@ -45,7 +45,7 @@ def _run(*args: str):
 
 def test_invert_checkpoint_end_to_end(tmp_path: Path, tiny_ckpt: Path) -> None:
     img = _png(tmp_path / "photo.png")
-    result = _run(str(img), "--checkpoint", str(tiny_ckpt), "--t0", "100", "--steps", "5")
+    result = _run(str(img), "--checkpoint", str(tiny_ckpt), "--t0", "100", "--inv-steps", "5")
     assert result.exit_code == 0, result.output
     latent, recon = tmp_path / "photo.latent.safetensors", tmp_path / "photo.recon.png"
     assert result.stdout.splitlines()[-2:] == [str(latent), str(recon)]
@@ -75,7 +75,7 @@ def test_invert_json_and_output_dir_with_folder_input(tmp_path: Path, tiny_ckpt:
     _png(folder / "a.png", seed=1)
     _png(folder / "b.jpg", seed=2)
     out = tmp_path / "out"
-    result = _run(str(folder), "--checkpoint", str(tiny_ckpt), "--t0", "50", "--steps", "3", "-o", str(out),
+    result = _run(str(folder), "--checkpoint", str(tiny_ckpt), "--t0", "50", "--inv-steps", "3", "-o", str(out),
                   "--json", "--batch-size", "2")  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -96,7 +96,7 @@ def test_invert_with_arch_config_for_plain_checkpoint(tmp_path: Path) -> None:
 
     cfg.write_text(json.dumps({"arch": "adm", **tiny_adm_config()}))
     img = _png(tmp_path / "x.png")
-    result = _run(str(img), "--checkpoint", str(ckpt), "--arch-config", str(cfg), "--t0", "80", "--steps", "3",
+    result = _run(str(img), "--checkpoint", str(ckpt), "--arch-config", str(cfg), "--t0", "80", "--inv-steps", "3",
                   "-o", str(tmp_path / "lat.safetensors"))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert load_latent(tmp_path / "lat.safetensors")[1]["arch"] == "adm"
@@ -108,7 +108,7 @@ def test_invert_with_arch_config_for_plain_checkpoint(tmp_path: Path) -> None:
     yml.write_text(
         json.dumps({"data": {"image_size": 16}, "model": {**model, "type": "simple", "ema": True}})
     )
-    result = _run(str(img), "--checkpoint", str(ddpm), "--arch-config", str(yml), "--steps", "2", "-o",
+    result = _run(str(img), "--checkpoint", str(ddpm), "--arch-config", str(yml), "--inv-steps", "2", "-o",
                   str(tmp_path / "d.safetensors"))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert load_latent(tmp_path / "d.safetensors")[1]["t0"] == 400  # the original CLI default
@@ -173,7 +173,7 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
         ("wrong_config", 1, "wrong shape(s)"),
         ("arch_config_alone", 2, "--arch-config describes a --checkpoint"),
         ("bad_t0", 2, "less than or equal to 999"),
-        ("bad_steps", 2, "--steps"),
+        ("bad_steps", 2, "--inv-steps"),
         ("file_output_many", 1, "names one file but 2 images were given"),
         ("bad_output_suffix", 1, "does not end in .safetensors"),
     ],
@@ -193,7 +193,7 @@ def test_bad_inputs(tmp_path: Path, tiny_ckpt: Path, case: str, code: int, messa
         "wrong_config": (str(f["good"]), *ck, "--arch-config", str(f["bad_cfg"])),
         "arch_config_alone": (str(f["good"]), "--arch-config", str(f["bad_cfg"])),
         "bad_t0": (str(f["good"]), *ck, "--t0", "1000"),
-        "bad_steps": (str(f["good"]), *ck, "--steps", "1"),
+        "bad_steps": (str(f["good"]), *ck, "--inv-steps", "1"),
         "file_output_many": (str(f["good"]), str(f["small"]), *ck, "-o", str(tmp_path / "x.safetensors")),
         "bad_output_suffix": (str(f["good"]), *ck, "-o", str(tmp_path / "x.pt")),
     }[case]
@@ -202,3 +202,17 @@ def test_bad_inputs(tmp_path: Path, tiny_ckpt: Path, case: str, code: int, messa
     assert result.exit_code == code, result.output
     assert message in output
     assert not list(tmp_path.glob("*.latent.safetensors"))
+
+
+def test_old_steps_spelling_still_works_with_a_deprecation_warning(tmp_path: Path, tiny_ckpt: Path) -> None:
+    """Issue 12: --steps means generation steps everywhere; in invert it is a deprecated alias of --inv-steps for
+    one release."""
+    img = _png(tmp_path / "a.png")
+    old = _run(str(img), "--checkpoint", str(tiny_ckpt), "--t0", "20", "--steps", "3", "--json")
+    assert old.exit_code == 0, old.output
+    assert "'dclip invert --steps' is deprecated" in old.stderr and "Use --inv-steps" in old.stderr
+    assert json.loads(old.stdout)["steps"] == 3
+    clash = _run(str(img), "--checkpoint", str(tiny_ckpt), "--steps", "3", "--inv-steps", "4", "--overwrite")
+    assert clash.exit_code == 2 and "disagree" in clash.output
+    help_text = _run("--help").stdout
+    assert "--inv-steps" in help_text and "--steps" not in help_text.replace("--inv-steps", "")

@@ -40,7 +40,7 @@ def test_face_preset_invert_and_edit_at_full_size(mirror: Path, tmp_path: Path, 
     runner = CliRunner()
     face = sample_image_path()
     result = runner.invoke(
-        app, ["invert", str(face), "--domain", "face", "--steps", "4", "-o", str(tmp_path)]
+        app, ["invert", str(face), "--domain", "face", "--inv-steps", "4", "-o", str(tmp_path)]
     )
     assert result.exit_code == 0, result.output
     x_lat, meta = load_latent(tmp_path / "face.latent.safetensors")

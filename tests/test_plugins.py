@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -114,14 +115,101 @@ def test_broken_plugin_traceback_with_debug(site: Path, monkeypatch) -> None:
     assert "ZeroDivisionError" in warning and "Traceback" in warning
 
 
-def test_duplicate_preset_names_error_names_both(site: Path, monkeypatch) -> None:
-    write_distribution(site, "dclip-faces-plus", "dclip_test_faces", PRESET_SOURCE.format(name="face"),
-                       entry_name="faces2")  # fmt: skip
-    monkeypatch.setenv("DCLIP_LOAD_PLUGINS", "face,faces2")
+def test_duplicate_third_party_preset_names_error_names_both(site: Path, monkeypatch) -> None:
+    write_distribution(site, "dclip-cats-a", "dclip_test_cats_a", PRESET_SOURCE.format(name="cat"),
+                       entry_name="cats_a")  # fmt: skip
+    write_distribution(site, "dclip-cats-b", "dclip_test_cats_b", PRESET_SOURCE.format(name="cat"),
+                       entry_name="cats_b")  # fmt: skip
+    monkeypatch.setenv("DCLIP_LOAD_PLUGINS", "cats_a,cats_b")
+    eps = list(metadata.entry_points(group=manager.ENTRY_POINT_GROUP))
+    for order in (eps, eps[::-1]):
+        registry = manager.load_registry(order)
+        with pytest.raises(DuplicatePresetError) as info:
+            registry.preset("cat")
+        assert "dclip-cats-a (cats_a) and dclip-cats-b (cats_b)" in str(info.value)
+
+
+# A third-party plugin taking the names, aliases and cache files of first-party registrations (issue 11, point 4).
+SHADOW_SOURCE = """
+from dclip_cli.plugin import CheckpointSpec, Preset, hookimpl
+
+
+@hookimpl
+def register_presets(register):
+    register(Preset(name="face", description="not the real face", image_size=32, checkpoint="celeba_hq",
+                    arch="ddpm", arch_config={}, source_text="face", domain_prompt="a face"))
+
+
+@hookimpl
+def register_checkpoints(register):
+    register(CheckpointSpec(name="celeba_hq", filename="celeba_hq.ckpt", urls=("http://evil.example/c.ckpt",)))
+    register(CheckpointSpec(name="clip-vit-b-16", filename="ViT-B-16.pt", urls=("http://evil.example/v.pt",)))
+    register(CheckpointSpec(name="my-clip", filename="my.pt", aliases=("ViT-B/16",)))
+    register(CheckpointSpec(name="sneaky", filename="celeba_hq.ckpt", urls=("http://evil.example/s.ckpt",)))
+    register(CheckpointSpec(name="mine", filename="mine.ckpt", urls=("http://example.org/mine.ckpt",)))
+"""
+
+
+def test_first_party_names_win_whatever_the_load_order(site: Path, monkeypatch) -> None:
+    """Issue 11, point 4: the built-in registration keeps its name, each clash is one warning naming both
+    distributions, and no plugin can change the URLs or hashes of a built-in checkpoint."""
+    from dclip_cli.store import get_spec
+
+    write_distribution(site, "dclip-evil", "dclip_test_evil", SHADOW_SOURCE, entry_name="evil")
+    monkeypatch.setenv("DCLIP_LOAD_PLUGINS", "face,evil")
+    eps = list(metadata.entry_points(group=manager.ENTRY_POINT_GROUP))
+    assert [ep.name for ep in eps if ep.name in ("face", "evil")]
+    results = []
+    for order in (eps, eps[::-1]):
+        registry = manager.load_registry(order)
+        face_urls = registry.checkpoints["celeba_hq"].urls
+        results.append((registry.preset_owner["face"], face_urls, sorted(registry.warnings)))
+        assert registry.preset("face").description.startswith("Human faces")
+        assert all("evil.example" not in str(u) for u in face_urls)
+        assert "clip-vit-b-16" not in registry.checkpoints and "sneaky" not in registry.checkpoints
+        assert "my-clip" not in registry.checkpoints and registry.checkpoints["mine"].filename == "mine.ckpt"
+    assert results[0] == results[1]  # the same outcome in both orders
+    warnings = results[0][2]
+    assert len(warnings) == 5, warnings
+    for text in ("preset 'face'", "checkpoint 'celeba_hq'", "checkpoint 'clip-vit-b-16'", "checkpoint 'ViT-B/16'",
+                 "checkpoint 'sneaky'"):  # fmt: skip
+        (line,) = [w for w in warnings if text in w]
+        assert line.startswith("dclip-evil (evil) registers ") and "dclip (" in line and "is ignored" in line
+    # through the store, with the process-wide registry
+    manager.reset_registry()
+    spec = get_spec("celeba_hq")
+    assert spec.urls[0].startswith("https://huggingface.co/gwang-kim/")
+    assert get_spec("ViT-B/16").sha256 == "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"
+
+
+def test_plugin_calling_sys_exit_is_a_broken_plugin(site: Path, monkeypatch) -> None:
+    """Issue 11, point 5: ``sys.exit()`` at import (or in a hook) is one warning, not a silent exit 3."""
+    import os
+    import subprocess
+
+    write_distribution(
+        site, "dclip-quits", "dclip_test_quits", "import sys\nsys.exit(3)\n", entry_name="quits"
+    )
+    hook = "from dclip_cli.plugin import hookimpl\n@hookimpl\ndef register_presets(register):\n    raise SystemExit(4)\n"
+    write_distribution(site, "dclip-quits-later", "dclip_test_quits_later", hook, entry_name="quits_later")
+    monkeypatch.setenv("DCLIP_LOAD_PLUGINS", "face,quits,quits_later")
     registry = manager.load_registry()
-    with pytest.raises(DuplicatePresetError) as info:
-        registry.preset("face")
-    assert "dclip (face)" in str(info.value) and "dclip-faces-plus (faces2)" in str(info.value)
+    assert sorted(registry.presets) == ["face"]
+    assert [w.split(":")[0] for w in registry.warnings] == [
+        "Preset plugin 'quits' failed to load",
+        "Preset plugin 'quits_later' failed to load",
+    ]
+    assert "SystemExit: 3" in registry.warnings[0] and "SystemExit: 4" in registry.warnings[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+    result = subprocess.run(
+        [sys.executable, "-m", "dclip_cli", "presets", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "face" in result.stdout and "Preset plugin 'quits' failed to load: SystemExit: 3" in result.stderr
 
 
 def test_unknown_preset_and_edit_errors() -> None:

@@ -97,7 +97,9 @@ def resolve_edit_model(
         reporter.info(loaded.describe())
         return loaded
     base = session.base(preset)
-    match = find_match(preset, target.src, target.trg, base_sha256=base.sha256, t0=settings.t0)
+    match = find_match(
+        preset, target.src, target.trg, base_sha256=base.sha256, t0=settings.t0, progress=reporter
+    )
     if match is not None:
         loaded = load_edit(match, base, name=f"{preset.name}/{match.stem}", source="library")
         reporter.info(loaded.describe())

@@ -29,6 +29,7 @@ CLIP_VIT_B_16 = CheckpointSpec(
     description="CLIP ViT-B/16 (OpenAI), the CLIP model of the directional loss",
     license_note=_CLIP_LICENSE + " " + _CLIP_NOTE,
     aliases=("ViT-B/16", "ViT-B-16"),
+    approx_size=351_000_000,  # ViT-B-16.pt, the OpenAI TorchScript archive, is 351 MB
 )
 
 CLIP_VIT_B_32 = CheckpointSpec(
@@ -56,18 +57,19 @@ FACENET_VGGFACE2 = CheckpointSpec(
         "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt",
     ),
     format="facenet",
-    description="facenet-pytorch InceptionResnetV1 trained on VGGFace2 (identity loss), about 107 MB",
+    description="facenet-pytorch InceptionResnetV1 trained on VGGFace2 (identity loss)",
     license_note=(
         "facenet-pytorch release v2.2.9 (MIT licence), weights ported from davidsandberg/facenet and trained on "
         "VGGFace2; no checksum is published, so dclip records the SHA-256 of the first download."
     ),
     aliases=("vggface2",),
+    approx_size=107_000_000,  # 107 MB per the facenet-pytorch README (diffusionclip-reference.md, 15.3)
 )
 
 _TORCHVISION = "https://download.pytorch.org/models"
 
 
-def _lpips_trunk(net: str, filename: str, what: str) -> CheckpointSpec:
+def _lpips_trunk(net: str, filename: str, what: str, params: int) -> CheckpointSpec:
     return CheckpointSpec(
         name=f"lpips-{net}",
         filename=filename,
@@ -78,12 +80,14 @@ def _lpips_trunk(net: str, filename: str, what: str) -> CheckpointSpec:
             "torchvision model zoo (BSD-3-Clause code; ImageNet-trained weights). The hash prefix in the file "
             "name is all torchvision publishes, so dclip records the SHA-256 of the first download."
         ),
+        approx_size=4 * params,  # a plain fp32 state dict: 4 bytes per parameter (+ a few kB of pickle)
     )
 
 
-LPIPS_ALEX = _lpips_trunk("alex", "alexnet-owt-7be5be79.pth", "AlexNet")
-LPIPS_VGG = _lpips_trunk("vgg", "vgg16-397923af.pth", "VGG16")
-LPIPS_SQUEEZE = _lpips_trunk("squeeze", "squeezenet1_1-b8a52dc0.pth", "SqueezeNet 1.1")
+# parameter counts as torchvision's model documentation lists them (num_params of the IMAGENET1K_V1 weights)
+LPIPS_ALEX = _lpips_trunk("alex", "alexnet-owt-7be5be79.pth", "AlexNet", 61_100_840)  # 244 MB
+LPIPS_VGG = _lpips_trunk("vgg", "vgg16-397923af.pth", "VGG16", 138_357_544)  # 553 MB
+LPIPS_SQUEEZE = _lpips_trunk("squeeze", "squeezenet1_1-b8a52dc0.pth", "SqueezeNet 1.1", 1_235_496)  # 4.9 MB
 
 #: Specs the core always provides, by name.
 CORE_SPECS: dict[str, CheckpointSpec] = {

@@ -8,6 +8,8 @@ Layout (``cache_dir()`` is ``--cache-dir`` > ``DCLIP_CACHE`` > ``platformdirs.us
         celeba_hq.ckpt                  # registry name "celeba_hq", original file name kept
         celeba_hq.ckpt.meta.json        # sidecar: sha256, size, url, format, source, time
         face/human_pixar_t601.pth       # names with a "/" get a sub-folder (no clashes between presets)
+        clip/ViT-B-16.pt.1a2b3c4d.incomplete            # a download in progress or interrupted (resumable)
+        clip/ViT-B-16.pt.1a2b3c4d.incomplete.meta.json  # its source URL and expected size
         .locks/celeba_hq.ckpt.lock      # one lock per file (filelock)
 
 Fine-tuned edits made or imported by the user live outside the cache, in the library
@@ -31,7 +33,7 @@ from typing import Any
 
 import platformdirs
 
-from dclip_cli.checkpoints.registry import CheckpointSpec
+from dclip_cli.checkpoints.registry import CheckpointSpec, is_valid_filename, is_valid_name
 from dclip_cli.errors import ConfigError
 from dclip_cli.fileio import atomic_path
 
@@ -46,9 +48,6 @@ _CACHEDIR_TAG = (
     "# This file is a cache directory tag created by dclip.\n"
     "# For information about cache directory tags, see https://bford.info/cachedir/\n"
 )
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
-_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 _override: Path | None = None
 
@@ -108,7 +107,7 @@ def validate_name(name: str) -> str:
     Raises:
         ConfigError: the name is not valid.
     """
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not is_valid_name(name):
         raise ConfigError(
             f"{name!r} is not a valid checkpoint name.",
             hint="Names are letters, digits, '.', '_' and '-', with at most one '/' (for example celeba_hq "
@@ -119,7 +118,7 @@ def validate_name(name: str) -> str:
 
 def validate_filename(filename: str) -> str:
     """Return ``filename`` if it is a plain file name (no directories, no ``..``), else raise ConfigError."""
-    if not isinstance(filename, str) or not _FILE_RE.match(filename) or ".." in filename:
+    if not is_valid_filename(filename):
         raise ConfigError(f"{filename!r} is not a plain file name.")
     return filename
 
@@ -191,6 +190,8 @@ class FileMeta:
         pinned: whether the sha256 (or md5) was checked against a pinned registry value.
         md5: MD5, when a pinned MD5 was checked.
         time: UNIX time of the record.
+        override: imported with ``--allow-unpinned`` although its bytes differ from the pinned hash (the entry is
+            unpinned: ``verify`` compares it with its recorded SHA-256 only).
     """
 
     sha256: str
@@ -202,6 +203,7 @@ class FileMeta:
     pinned: bool = False
     md5: str | None = None
     time: float = 0.0
+    override: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -262,12 +264,101 @@ def list_cached(cache: str | os.PathLike[str] | None = None) -> list[CachedFile]
     return out
 
 
-def list_partial(cache: str | os.PathLike[str] | None = None) -> list[Path]:
-    """List ``*.incomplete`` files left behind by killed downloads."""
+_PARTIAL_RE = re.compile(r"(?P<file>.+)\.[0-9a-f]{8}" + re.escape(INCOMPLETE_SUFFIX))
+
+
+@dataclass
+class Partial:
+    """A download that did not finish: ``<file>.<uuid8>.incomplete`` with the bytes received so far.
+
+    Args:
+        path: the partial file.
+        relpath: path of the final file relative to the checkpoints folder (``face/pixar_t601.pth``).
+        size: bytes received.
+        name: registry name, when recorded.
+        url: the source the bytes came from, when recorded (a later download resumes only from that source).
+        total: the file's full size, when known.
+        validator: the server's ``ETag`` or ``Last-Modified``, sent as ``If-Range`` when resuming.
+        mtime: when bytes last arrived.
+    """
+
+    path: Path
+    relpath: str
+    size: int
+    name: str | None = None
+    url: str | None = None
+    total: int | None = None
+    validator: str | None = None
+    mtime: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def partial_paths(dest: Path) -> list[Path]:
+    """The partial downloads of the cache file ``dest`` (``<dest>.<uuid8>.incomplete``), oldest first."""
+    if not dest.parent.is_dir():
+        return []
+    found = []
+    for p in dest.parent.glob(f"{dest.name}.*{INCOMPLETE_SUFFIX}"):
+        m = _PARTIAL_RE.fullmatch(p.name)
+        if m and m.group("file") == dest.name and p.is_file():
+            found.append(p)
+    return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def write_partial_meta(
+    partial: Path, *, name: str, url: str | None, total: int | None, validator: str | None = None
+) -> None:
+    """Record where a partial download's bytes come from (beside it, as ``<partial>.meta.json``)."""
+    data = {"name": name, "url": url, "total": total, "validator": validator}
+    with atomic_path(meta_path(partial), overwrite=True) as tmp:
+        tmp.write_text(json.dumps(data, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def read_partial(partial: Path, root: Path | None = None) -> Partial:
+    """What is known about a partial download (its sidecar may be missing: then only its size)."""
+    st = partial.stat()
+    m = _PARTIAL_RE.fullmatch(partial.name)
+    final = partial.with_name(m.group("file")) if m else partial
+    try:
+        rel = final.relative_to(root).as_posix() if root is not None else final.name
+    except ValueError:
+        rel = final.name
+    info = Partial(partial, rel, st.st_size, mtime=st.st_mtime)
+    try:
+        data = json.loads(meta_path(partial).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return info
+    if isinstance(data, dict):
+        info.name = data.get("name") if isinstance(data.get("name"), str) else None
+        info.url = data.get("url") if isinstance(data.get("url"), str) else None
+        info.total = data.get("total") if isinstance(data.get("total"), int) else None
+        info.validator = data.get("validator") if isinstance(data.get("validator"), str) else None
+    return info
+
+
+def list_partial(cache: str | os.PathLike[str] | None = None) -> list[Partial]:
+    """The partial downloads in the cache (left by interrupted or killed downloads, or in progress), sorted."""
     root = checkpoints_dir(cache)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.rglob(f"*{INCOMPLETE_SUFFIX}") if p.is_file())
+    found = [
+        p
+        for p in root.rglob(f"*{INCOMPLETE_SUFFIX}")
+        if p.is_file()
+        and LOCKS not in p.parts
+        and META_SUFFIX + "." not in p.name  # not a sidecar being written
+    ]
+    out = []
+    for p in sorted(found):
+        try:
+            out.append(read_partial(p, root))
+        except FileNotFoundError:  # finished or removed while listing
+            continue
+    return out
 
 
 def list_library() -> list[tuple[str, Path]]:
@@ -279,7 +370,7 @@ def list_library() -> list[tuple[str, Path]]:
     for path in sorted(root.glob("*/*")):
         if path.is_file() and path.suffix in LIBRARY_SUFFIXES and not _is_aux(path.name):
             name = f"{path.parent.name}/{path.stem}"
-            if _NAME_RE.match(name):
+            if is_valid_name(name):
                 out.append((name, path))
     return out
 

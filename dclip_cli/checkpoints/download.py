@@ -6,47 +6,52 @@
 2. ``DCLIP_OFFLINE=1`` (or ``offline=True``) stops here with :class:`CheckpointNotCachedError`;
 3. a lock per file (filelock) makes concurrent processes wait for one download instead of racing;
 4. sources are tried in order: ``DCLIP_MIRROR`` (``URL/<file name>`` or a local folder), then the spec's mirrors;
-5. each source streams into ``<file>.<uuid8>.incomplete`` in the cache folder (a process-unique name: on shared
-   network filesystems a lock can silently succeed twice); a dropped connection resumes with an HTTP ``Range``
-   request, and a server that answers ``200`` to it is restarted from zero; connection errors and 5xx are retried
-   with exponential back-off; 401/403/404/410 move on to the next source at once;
+5. each source streams into ``<file>.<uuid8>.incomplete`` in the cache folder, with its source URL recorded in
+   ``<file>.<uuid8>.incomplete.meta.json``. A partial file left by an interrupted or killed download of the same
+   source is taken over (under the lock nobody else writes it) and resumed; partials of unknown origin are removed.
+   Every byte received is kept: a dropped connection resumes with an HTTP ``Range`` request at the last byte
+   written (``If-Range`` guards against a changed file), and a server that answers ``200`` to it is restarted from
+   zero; connection errors and 5xx are retried with exponential back-off, the retry budget starting afresh
+   whenever an attempt brought new bytes; 401/403/404/410 move on to the next source at once;
 6. the size and SHA-256 (MD5 where that is all that is published) are checked; a mismatch deletes the file;
-7. the verified file is renamed into place with ``os.replace`` and its SHA-256 recorded beside it; the temporary
-   file is removed in ``finally`` whatever happens.
+7. the verified file is renamed into place with ``os.replace`` and its SHA-256 recorded beside it. A source that
+   failed after sending bytes, Ctrl-C or SIGTERM keep the partial file for the next attempt (``dclip models
+   list`` shows it, ``dclip models rm NAME`` removes it); nothing else is left behind.
 
 Progress goes out as ``download`` events of :mod:`dclip_cli.progress` (``done``/``total`` bytes, labelled with the
-checkpoint name); this module never prints. It works on a :class:`CheckpointSpec`; looking a name up (core and plugin
-registrations) is the job of :func:`dclip_cli.store.fetch`.
+checkpoint name), and ``info`` events say what is downloaded from where and why a retry waits; this module never
+prints. It works on a :class:`CheckpointSpec`; looking a name up (core and plugin registrations) is the job of
+:func:`dclip_cli.store.fetch`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import html.parser
+import http.client
 import os
-import re
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import filelock
 import requests
 import urllib3
 
 from dclip_cli.checkpoints import cache
-from dclip_cli.checkpoints.registry import CheckpointSpec
+from dclip_cli.checkpoints import http as _http
+from dclip_cli.checkpoints.registry import CheckpointSpec, Mirror
 from dclip_cli.errors import (
     CheckpointError,
     CheckpointNotCachedError,
     ChecksumMismatchError,
     DownloadError,
 )
+from dclip_cli.fileio import default_file_mode, disk_full_error, format_bytes, free_bytes
 from dclip_cli.progress import ProgressCallback, Reporter
 
 ByteProgress = Callable[[int, "int | None"], None]
@@ -65,7 +70,8 @@ class DownloadSettings:
         retries: extra attempts per source after a connection error, a short read or an HTTP 429/5xx.
         backoff: pause in seconds before the first retry, doubled each time, capped at ``backoff_max``.
         backoff_max: longest pause between retries.
-        chunk_size: bytes read per chunk (also the progress granularity).
+        chunk_size: most bytes read at once (also the progress granularity); a read returns what has arrived, so
+            no byte received before a connection drops is lost.
         lock_timeout: seconds to wait for another process's download of the same file (``None``: forever).
     """
 
@@ -120,10 +126,15 @@ class Source:
     size: int | None = None
 
 
+def mirror_env() -> str:
+    """The ``DCLIP_MIRROR`` setting (empty when unset)."""
+    return os.environ.get("DCLIP_MIRROR", "").strip()
+
+
 def sources(spec: CheckpointSpec) -> list[Source]:
     """The sources :func:`fetch` tries for ``spec``, in order (``DCLIP_MIRROR`` first)."""
     out = []
-    env = os.environ.get("DCLIP_MIRROR", "").strip()
+    env = mirror_env()
     if env:
         pins: dict[str, Any] = {
             "format": spec.format,
@@ -156,7 +167,7 @@ def fetch(
         spec: what to fetch.
         cache_dir: cache root; default :func:`dclip_cli.checkpoints.cache.cache_dir`.
         progress: receives ``download`` events labelled with the file name (``done``/``total`` bytes; ``done``
-            can go back to 0 when a server forces a restart).
+            can go back to 0 when a server forces a restart) and ``info`` lines (what comes from where, retries).
         offline: forbid network access; default from ``DCLIP_OFFLINE``.
         settings: timeouts, retries and back-off; default :data:`SETTINGS`.
 
@@ -168,10 +179,11 @@ def fetch(
         ChecksumMismatchError: the file arrived with the wrong size or hash (and was deleted), or a cached file
             no longer matches its pinned hash.
         DownloadError: every source failed; the message lists each failure.
+        DiskFullError: the disk filled up while the file was written.
     """
     if not isinstance(spec, CheckpointSpec):
         raise TypeError("download.fetch takes a CheckpointSpec; use dclip_cli.store.fetch(name) for a name")
-    on_progress = Reporter.of(progress).download(spec.filename)
+    reporter = Reporter.of(progress)
     settings = settings or SETTINGS
     dest = cache.checkpoint_path(spec, cache_dir)
     if dest.is_file():
@@ -202,18 +214,28 @@ def fetch(
     with _file_lock(cache.lock_path(spec, cache_dir), settings.lock_timeout, spec):
         if dest.is_file():  # another process finished it while we waited
             return _use_cached(spec, dest)
-        return _download(spec, dest, todo, on_progress, settings)
+        return _download(spec, dest, todo, reporter, settings)
 
 
 def manual_hint(spec: CheckpointSpec) -> str:
-    """The hint telling a user how to get ``spec``'s file by hand."""
-    mirror = "set DCLIP_MIRROR to a server or folder that has it"
+    """The hint telling a user how to get ``spec``'s file by hand (CLIP files: or pass ``--clip-model FILE``)."""
+    env = mirror_env()
+    mirror = (
+        f"DCLIP_MIRROR ({env}) did not have it either"
+        if env
+        else "or set DCLIP_MIRROR to a server or folder that has it"
+    )
+    clip = (
+        " Commands that need CLIP also take a file you already have: --clip-model FILE."
+        if spec.format == "openai-clip"
+        else ""
+    )
     if spec.manual and "dclip models import" in spec.manual:
-        return f"{spec.manual.rstrip('.')}; or {mirror}."
+        return f"{spec.manual.rstrip('.')}; {mirror}.{clip}"
     steps = (spec.manual.rstrip(".") + ". ") if spec.manual else ""
     return (
-        f"{steps}Download {spec.filename} by hand and run 'dclip models import {spec.filename} --as {spec.name}', "
-        f"or {mirror}."
+        f"{steps}Download {spec.filename} by hand and run 'dclip models import {spec.filename} --as {spec.name}'; "
+        f"{mirror}.{clip}"
     )
 
 
@@ -299,55 +321,137 @@ class _SourceFailed(Exception):
     """One source failed; the message says how (it goes into the final DownloadError)."""
 
 
+def _new_tmp(dest: Path) -> Path:
+    return dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:8]}{cache.INCOMPLETE_SUFFIX}")
+
+
+def _resumable(dest: Path, todo: list[Source]) -> dict[str, cache.Partial]:
+    """The partial downloads of ``dest`` that one of ``todo`` can continue, by URL (the biggest per URL).
+
+    Called under the file's lock, so no other process writes them. Partials of unknown origin, of another source
+    and smaller duplicates are removed.
+    """
+    urls = {s.url for s in todo if s.url}
+    keep: dict[str, cache.Partial] = {}
+    for path in cache.partial_paths(dest):
+        try:
+            info = cache.read_partial(path)
+        except FileNotFoundError:
+            continue
+        if info.url not in urls or info.size == 0:
+            cache.remove_file(path)
+            continue
+        assert info.url is not None
+        other = keep.get(info.url)
+        if other is not None and other.size >= info.size:
+            cache.remove_file(path)
+            continue
+        if other is not None:
+            cache.remove_file(other.path)
+        keep[info.url] = info
+    return keep
+
+
+def _claim(partial: cache.Partial, tmp: Path) -> None:
+    """Take over another (dead) process's partial file under this process's own temporary name."""
+    os.replace(partial.path, tmp)
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(cache.meta_path(partial.path), cache.meta_path(tmp))
+
+
+def _keep_or_drop(tmp: Path, source: Source) -> None:
+    """Keep a partial file that holds bytes of an HTTP source (for the next attempt), else remove it."""
+    try:
+        held = tmp.stat().st_size
+    except FileNotFoundError:
+        held = 0
+    if held and source.url is not None:
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, default_file_mode())
+        return
+    cache.remove_file(tmp)
+
+
 def _download(
-    spec: CheckpointSpec,
-    dest: Path,
-    todo: list[Source],
-    on_progress: ByteProgress | None,
-    settings: DownloadSettings,
+    spec: CheckpointSpec, dest: Path, todo: list[Source], reporter: Reporter, settings: DownloadSettings
 ) -> Path:
     failures: list[str] = []
     mismatches: list[ChecksumMismatchError] = []
-    tmp = dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:8]}{cache.INCOMPLETE_SUFFIX}")
+    on_progress = reporter.download(spec.filename)
+    resumable = _resumable(dest, todo)
     session = requests.Session()
     session.headers["User-Agent"] = settings.user_agent
+    session.headers["Accept-Encoding"] = "identity"  # byte ranges must count the file's own bytes
     try:
         for source in todo:
-            _check_disk_space(dest.parent, source.size, spec)
+            tmp = _new_tmp(dest)
+            partial = resumable.pop(source.url, None) if source.url else None
+            if partial is not None:
+                _claim(partial, tmp)
+            held = partial.size if partial is not None else 0
+            _check_disk_space(dest.parent, source.size, spec, held=held)
             try:
                 if source.local is not None:
                     final_url = _copy_local(source, tmp, on_progress)
                 else:
-                    final_url = _download_source(session, source, tmp, on_progress, settings)
+                    final_url = _download_source(session, spec, source, tmp, partial, reporter, settings)
             except _SourceFailed as exc:
                 failures.append(f"{source.label}: {exc}")
+                _keep_or_drop(tmp, source)
                 continue
+            except OSError as exc:
+                full = disk_full_error(exc, dest, written=_size(tmp), needed=source.size)
+                _keep_or_drop(tmp, source)
+                if full is not None:
+                    raise full from exc
+                raise
+            except BaseException:  # Ctrl-C, SIGTERM (as SystemExit) or a bug: keep the bytes for the next run
+                _keep_or_drop(tmp, source)
+                raise
             size = tmp.stat().st_size
             sha256, md5 = hash_file(tmp, md5=source.md5 is not None)
             problem = _mismatch(source.sha256, source.md5, source.size, sha256, md5, size)
             if problem:
-                tmp.unlink(missing_ok=True)
+                cache.remove_file(tmp)
                 mismatches.append(_mismatch_error(spec, source, *problem))
                 failures.append(f"{source.label}: expected {problem[0]}, got {problem[1]}")
                 continue
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, default_file_mode())
             os.replace(tmp, dest)
+            cache.remove_file(tmp)  # its sidecar
+            for path in cache.partial_paths(dest):  # what failed sources left: the file is here now
+                cache.remove_file(path)
             pinned = source.sha256 is not None or source.md5 is not None
             meta = cache.FileMeta(sha256, size, spec.name, source.format, "download", final_url, pinned, md5)
             cache.write_meta(dest, meta)
             return dest
     finally:
         session.close()
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     if len(mismatches) == len(failures) == 1:
         raise mismatches[0]
     what = "source" if len(failures) == 1 else f"{len(failures)} sources"
     error_cls = ChecksumMismatchError if len(mismatches) == len(failures) else DownloadError
+    kept = [p for p in cache.partial_paths(dest) if _size(p)]
+    keep_note = (
+        f" The {format_bytes(sum(_size(p) or 0 for p in kept))} received so far are kept; the next attempt "
+        "resumes from there."
+        if kept
+        else ""
+    )
     raise error_cls(
         f"Could not download {spec.filename} ({spec.name}) from any of its {what}:\n"
-        + "\n".join(f"  - {line}" for line in failures),
-        hint="Check the network connection and try again; " + manual_hint(spec),
+        + "\n".join(f"  - {line}" for line in failures)
+        + keep_note,
+        hint="Check the network connection and try again. " + manual_hint(spec),
     )
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _mismatch_error(
@@ -362,17 +466,14 @@ def _mismatch_error(
     )
 
 
-def _check_disk_space(folder: Path, size: int | None, spec: CheckpointSpec) -> None:
+def _check_disk_space(folder: Path, size: int | None, spec: CheckpointSpec, *, held: int = 0) -> None:
     if size is None:
         return
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        return
-    if free < size:
+    free = free_bytes(folder)
+    if free is not None and free < size - held:
         raise CheckpointError(
-            f"Not enough disk space for {spec.filename}: it needs {size / 1e6:.0f} MB and {folder} has "
-            f"{free / 1e6:.0f} MB free.",
+            f"Not enough disk space for {spec.filename}: it needs {format_bytes(size - held)} more and {folder} "
+            f"has {format_bytes(free)} free.",
             hint="Free some space or point --cache-dir / DCLIP_CACHE at a larger disk.",
         )
 
@@ -394,23 +495,41 @@ def _copy_local(source: Source, tmp: Path, on_progress: ByteProgress | None) -> 
 
 def _download_source(
     session: requests.Session,
+    spec: CheckpointSpec,
     source: Source,
     tmp: Path,
-    on_progress: ByteProgress | None,
+    partial: cache.Partial | None,
+    reporter: Reporter,
     settings: DownloadSettings,
 ) -> str:
     """Stream one source into ``tmp`` (resuming across attempts); return the URL that finally served it."""
     assert source.url is not None
     url = source.url
-    tmp.write_bytes(b"")  # each source starts from zero: another source may serve other bytes
+    valid = partial.validator if partial is not None else None
+    total = source.size or (partial.total if partial is not None else None)
+    if partial is None:
+        tmp.write_bytes(b"")  # each source starts from zero: another source may serve other bytes
+    cache.write_partial_meta(tmp, name=spec.name, url=url, total=total, validator=valid)
+    held = tmp.stat().st_size
+    where = _http.host_of(url)
+    size = format_bytes(total)
+    other_bytes = {m.url for m in spec.urls if isinstance(m, Mirror)}  # mirrors serving another file
+    if total is None and spec.approx_size is not None and source.url not in other_bytes:
+        size = f"about {format_bytes(spec.approx_size)}"
+    if held:
+        reporter.info(f"Resuming {spec.filename} at {format_bytes(held)} of {size} from {where}.")
+    else:
+        reporter.info(f"Downloading {spec.filename} ({size}) from {where}.")
     attempt = 0
     confirm_hops = 0
-    best = 0  # most bytes held so far; progress beyond it resets the retry budget
+    best = held  # most bytes held so far; progress beyond it resets the retry budget
     while True:
         offset = tmp.stat().st_size
         error: str | None = None
         try:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
+            if offset and valid:
+                headers["If-Range"] = valid
             resp = session.get(
                 url,
                 headers=headers,
@@ -419,7 +538,7 @@ def _download_source(
                 allow_redirects=True,
             )
         except requests.exceptions.RequestException as exc:
-            error = f"connection failed ({_short(exc)})"
+            error = _describe(exc, url, settings)
         else:
             with resp:
                 status = resp.status_code
@@ -427,13 +546,15 @@ def _download_source(
                     raise _SourceFailed(f"HTTP {status} {resp.reason or ''}".strip())
                 if status == 429 or status >= 500:
                     error = f"HTTP {status} {resp.reason or ''}".strip()
+                elif status == 416 and offset and _http.unsatisfiable_size(resp) == offset:
+                    return url  # every byte had arrived before the last attempt was cut off
                 elif status == 416:
                     tmp.write_bytes(b"")
                     error = "the server refused to resume (HTTP 416)"
                 elif status not in (200, 206):
                     raise _SourceFailed(f"unexpected HTTP {status} {resp.reason or ''}".strip())
-                elif _is_html(resp):
-                    next_url = _confirmation_url(resp)
+                elif _http.is_html(resp):
+                    next_url = _http.confirmation_url(resp)
                     if next_url is None or confirm_hops >= 3:
                         raise _SourceFailed(
                             "the server sent a web page instead of the file (for Google Drive: the daily "
@@ -443,7 +564,15 @@ def _download_source(
                     tmp.write_bytes(b"")
                     continue
                 else:
-                    error = _stream(resp, tmp, offset, source.size, on_progress, settings)
+                    now_valid, now_total = _http.validator(resp), total or _http.full_size(resp)
+                    if (now_valid, now_total) != (valid, total):
+                        valid, total = now_valid, now_total
+                        cache.write_partial_meta(
+                            tmp, name=spec.name, url=source.url, total=total, validator=valid
+                        )
+                    error = _stream(
+                        resp, tmp, offset, source.size, reporter.download(spec.filename), settings
+                    )
                     if error is None:
                         return url
         held = tmp.stat().st_size
@@ -452,7 +581,18 @@ def _download_source(
         attempt += 1
         if attempt > settings.retries:
             raise _SourceFailed(f"{error} (gave up after {attempt} attempts)")
-        time.sleep(min(settings.backoff * 2 ** (attempt - 1), settings.backoff_max))
+        pause = min(settings.backoff * 2 ** (attempt - 1), settings.backoff_max)
+        reporter.info(
+            f"{spec.filename}: {error}; retrying in {pause:.3g} s (retry {attempt} of {settings.retries}, "
+            f"{format_bytes(held)} kept)."
+        )
+        time.sleep(pause)
+
+
+def _describe(exc: BaseException, url: str, settings: DownloadSettings) -> str:
+    return _http.describe_request_error(
+        exc, url, connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout
+    )
 
 
 def _stream(
@@ -466,13 +606,13 @@ def _stream(
     """Write a 200/206 response body into ``tmp``; return ``None`` when complete, else what went wrong."""
     total: int | None
     if resp.status_code == 206:
-        start, total = _content_range(resp.headers.get("Content-Range", ""))
+        start, total = _http.content_range(resp.headers.get("Content-Range", ""))
         if start != offset:
             tmp.write_bytes(b"")
             return f"the server resumed at byte {start} instead of {offset}"
         mode = "ab"
     else:
-        offset = 0  # a 200 answer to a ranged request: the server ignored Range, start over
+        offset = 0  # a 200 answer to a ranged request: the server ignored Range (or the file changed)
         length = resp.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         mode = "wb"
@@ -499,96 +639,31 @@ def _copy_body(
     on_progress: ByteProgress | None,
     settings: DownloadSettings,
 ) -> str | None:
-    try:
-        for chunk in resp.iter_content(chunk_size=settings.chunk_size):
-            if not chunk:
-                continue
-            out.write(chunk)
-            done += len(chunk)
-            if on_progress is not None:
-                on_progress(done, total)
-    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as exc:
-        out.flush()
-        return f"the connection was lost after {done} bytes ({_short(exc)})"
-    return None
-
-
-def _content_range(value: str) -> tuple[int, int | None]:
-    """Parse ``bytes START-END/TOTAL`` into ``(START, TOTAL or None)``; ``(-1, None)`` when unreadable."""
-    m = re.match(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)", value)
-    if not m:
-        return -1, None
-    return int(m.group(1)), (int(m.group(2)) if m.group(2) != "*" else None)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    text = re.sub(r"<[^>]*object at 0x[0-9a-f]+>:?\s*", "", text)
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
-def _is_html(resp: requests.Response) -> bool:
-    return resp.headers.get("Content-Type", "").split(";")[0].strip().lower() == "text/html"
-
-
-class _FormParser(html.parser.HTMLParser):
-    """Collects the first download form (action + hidden inputs) and any ``confirm=`` link of a page."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.action: str | None = None
-        self.inputs: dict[str, str] = {}
-        self.confirm_href: str | None = None
-        self._in_form = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "form" and self.action is None:
-            self.action, self._in_form = a.get("action", ""), True
-        elif tag == "input" and self._in_form and a.get("name"):
-            self.inputs[a["name"]] = a.get("value", "")
-        elif tag == "a" and "confirm=" in a.get("href", "") and self.confirm_href is None:
-            self.confirm_href = a["href"]
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "form":
-            self._in_form = False
-
-
-def _confirmation_url(resp: requests.Response) -> str | None:
-    """The URL behind a large-file confirmation page (Google Drive's "can't scan for viruses"), if any.
-
-    Handles the three shapes Drive has used: a ``download_warning`` cookie whose value is the ``confirm`` token,
-    a page with a ``confirm=`` link, and a form (``drive.usercontent.google.com/download``) with hidden inputs.
-    """
-    base = resp.url
-    for name, value in resp.cookies.items():
-        if name.startswith("download_warning") and value:
-            return _with_query(base, {"confirm": value})
-    body = b""
-    for chunk in resp.iter_content(chunk_size=65536):
-        body += chunk
-        if len(body) > 2_000_000:
-            break
-    parser = _FormParser()
-    with contextlib.suppress(Exception):
-        parser.feed(body.decode("utf-8", errors="replace"))
-    if parser.action is not None and ("confirm" in parser.inputs or "id" in parser.inputs):
-        action = urljoin(base, parser.action or base)
-        return _with_query(action, parser.inputs)
-    if parser.confirm_href:
-        return urljoin(base, parser.confirm_href)
-    m = re.search(rb"confirm=([0-9A-Za-z_\-]+)", body)
-    if m:
-        return _with_query(base, {"confirm": m.group(1).decode()})
-    return None
-
-
-def _with_query(url: str, params: dict[str, str]) -> str:
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    query.update(params)
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    """Copy the body into ``out`` read by read: ``read1`` returns whatever has arrived, so the bytes before a drop
+    are written, not lost with a half-filled chunk (``iter_content`` dropped up to ``chunk_size`` of them)."""
+    raw = resp.raw
+    read1 = getattr(raw, "read1", None)  # urllib3 >= 2
+    while True:
+        try:
+            if read1 is not None:
+                chunk = read1(settings.chunk_size, decode_content=True)
+            else:  # pragma: no cover - urllib3 1.x: small reads lose little
+                chunk = raw.read(min(settings.chunk_size, 64 * 1024), decode_content=True)
+        except (
+            requests.exceptions.RequestException,
+            urllib3.exceptions.HTTPError,
+            http.client.HTTPException,
+            ConnectionError,
+            TimeoutError,
+        ) as exc:
+            out.flush()
+            return f"the connection was lost after {done} bytes ({_describe(exc, resp.url, settings)})"
+        if not chunk:
+            return None
+        out.write(chunk)
+        done += len(chunk)
+        if on_progress is not None:
+            on_progress(done, total)
 
 
 __all__ = [
@@ -599,5 +674,6 @@ __all__ = [
     "hash_file",
     "is_offline",
     "manual_hint",
+    "mirror_env",
     "sources",
 ]

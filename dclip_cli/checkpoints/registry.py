@@ -28,16 +28,28 @@ FORMATS: tuple[str, ...] = (
     "ddpm", "adm", "diffusers-ddpm", "openai-clip", "facenet", "torchvision", "finetuned", "dclip",
 )  # fmt: skip
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
-_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_HEX_RE = re.compile(r"^[0-9a-f]+$")
+# Whole names only (``fullmatch``): with ``match`` and ``$``, "face/x\n" passed and became a file name ending in a
+# newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?")
+FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_HEX_RE = re.compile(r"[0-9a-f]+")
+
+
+def is_valid_name(name: object) -> bool:
+    """Whether ``name`` is a whole registry name: letters, digits, ``._-``, at most one ``/``, no ``..``."""
+    return isinstance(name, str) and NAME_RE.fullmatch(name) is not None and ".." not in name
+
+
+def is_valid_filename(filename: object) -> bool:
+    """Whether ``filename`` is a plain file name (no folder, no ``..``, nothing after a newline)."""
+    return isinstance(filename, str) and FILE_RE.fullmatch(filename) is not None and ".." not in filename
 
 
 def _hash_problems(sha256: str | None, md5: str | None) -> list[str]:
     problems = []
-    if sha256 is not None and (len(sha256) != 64 or not _HEX_RE.match(sha256)):
+    if sha256 is not None and (len(sha256) != 64 or not _HEX_RE.fullmatch(sha256)):
         problems.append("sha256 must be 64 lower-case hex digits")
-    if md5 is not None and (len(md5) != 32 or not _HEX_RE.match(md5)):
+    if md5 is not None and (len(md5) != 32 or not _HEX_RE.fullmatch(md5)):
         problems.append("md5 must be 32 lower-case hex digits")
     return problems
 
@@ -89,7 +101,9 @@ class CheckpointSpec:
             bytes, or :class:`Mirror` records for copies in another format (their own hashes apply).
         sha256: pinned SHA-256, when known.
         md5: MD5, when that is all that is published.
-        size: expected size in bytes, when known.
+        size: exact size in bytes, when known (checked after every download).
+        approx_size: approximate size in bytes, for display only (``dclip models list``, ``fetch --dry-run``), when
+            the exact size is not published; never checked.
         format: how to load it (see :data:`FORMATS`).
         arch: architecture of a diffusion checkpoint (``ddpm`` or ``adm``), else ``None``.
         arch_config: architecture hyper-parameters for diffusion checkpoints.
@@ -116,12 +130,13 @@ class CheckpointSpec:
     license_note: str = ""
     manual: str | None = None
     aliases: tuple[str, ...] = ()
+    approx_size: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
-        if not _NAME_RE.match(self.name) or ".." in self.name:
+        if not is_valid_name(self.name):
             problems.append(f"name {self.name!r} must be letters, digits, '._-' and at most one '/'")
-        if not _FILE_RE.match(self.filename) or ".." in self.filename:
+        if not is_valid_filename(self.filename):
             problems.append(f"filename {self.filename!r} must be a plain file name")
         if self.format not in FORMATS:
             problems.append(f"format {self.format!r} must be one of {', '.join(FORMATS)}")
@@ -139,8 +154,19 @@ class CheckpointSpec:
             object.__setattr__(self, "aliases", aliases)
         if self.size is not None and self.size < 0:
             problems.append("size must be a number of bytes")
+        if self.approx_size is not None and self.approx_size < 0:
+            problems.append("approx_size must be a number of bytes")
         if problems:
             raise CheckpointError(f"Checkpoint spec {self.name!r} is invalid: " + "; ".join(problems) + ".")
+
+    @property
+    def display_size(self) -> tuple[int | None, bool]:
+        """``(bytes, approximate)``: the exact size when pinned, else the approximate one, else ``(None, False)``."""
+        if self.size is not None:
+            return self.size, False
+        if self.approx_size is not None:
+            return self.approx_size, True
+        return None, False
 
     def mirrors(self) -> list[Mirror]:
         """The download sources in order, each as a :class:`Mirror` with the hashes that apply to it."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from dclip_cli._version import __version__
 from dclip_cli.cli._common import State
@@ -29,8 +30,81 @@ def _passthrough() -> tuple[type[BaseException], ...]:
 _PASSTHROUGH = _passthrough()
 
 
+def _metavar(param: Any) -> str:
+    """What a value of ``param`` is, for help (``PATH``, ``FILE``, ``TEXT``, ``N``, ``a|b``); ``""`` for flags.
+
+    Works with Typer's own parameter types (``type_descriptor``, Typer >= 0.2x) and with click's (older Typer).
+    """
+    if getattr(param, "is_flag", False) or getattr(param, "count", False):
+        return ""
+    desc = getattr(param, "type_descriptor", None)
+    if desc is not None:
+        if desc.is_choice:
+            return "|".join(str(getattr(c, "value", c)) for c in desc.choices or ())
+        if desc.is_path:
+            return {"file": "FILE", "dir": "DIR"}.get(desc.path_type, "PATH")
+        annotation = desc.annotation
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if typing.get_origin(annotation) is not None and len(args) == 1:  # list[int], int | None
+            annotation = args[0]
+        kind = {int: "integer", float: "float"}.get(annotation, "text")
+    else:
+        click_type: Any = getattr(param, "type", None)
+        if getattr(click_type, "choices", None):
+            return "|".join(str(getattr(c, "value", c)) for c in click_type.choices)
+        if hasattr(click_type, "dir_okay"):
+            return "FILE" if not click_type.dir_okay else ("DIR" if not click_type.file_okay else "PATH")
+        kind = str(getattr(click_type, "name", "text"))
+    if kind.startswith("integer"):
+        return "N"
+    if kind.startswith("float"):
+        return "NUMBER"
+    return "TEXT"
+
+
+class _Argument(TyperArgument):
+    """An argument shown the classic way in usage lines (``IMAGE...``, not ``{images}...``) and without a Python type
+    in help."""
+
+    def _usage_display_name(self) -> str:
+        name = self.metavar or (self.name or "").upper()
+        if self.metavar is None and self.nargs != 1:
+            name += "..."
+        return name if self.required else f"[{name}]"
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+
+def _name_values(command: Any) -> None:
+    """Give every parameter of ``command`` (and of its sub-commands) a metavar that says what its value is: flags
+    look like flags (no ``<bool>``, so ``--json true`` does not look valid), values are ``PATH``, ``TEXT``, ``N``."""
+    for param in command.params:
+        if isinstance(param, TyperArgument) and not isinstance(param, _Argument):
+            param.__class__ = _Argument
+            if param.metavar is None:
+                param.metavar = (param.name or "").upper() + ("..." if param.nargs != 1 else "")
+        elif getattr(param, "param_type_name", "") == "option" and param.metavar is None:
+            param.metavar = _metavar(param)
+    original = command.get_help_option
+
+    def get_help_option(ctx: Any) -> Any:  # --help is made when help is asked for: a flag too
+        option = original(ctx)
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option
+    for sub in getattr(command, "commands", {}).values():
+        _name_values(sub)
+
+
 class DclipGroup(TyperGroup):
     """The root command group: the single place where exceptions become messages and exit codes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _name_values(self)
 
     def invoke(self, ctx: typer.Context):  # type: ignore[override]  # noqa: ANN201
         try:
@@ -55,6 +129,7 @@ COMMANDS: tuple[str, ...] = (
     "presets",
     "plugins",
     "ui",
+    "doctor",
 )
 
 app = typer.Typer(
@@ -82,6 +157,7 @@ def root(
         str,
         typer.Option(
             "--device",
+            metavar="DEVICE",
             help="Compute device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.",
             envvar="DCLIP_DEVICE",
         ),
@@ -129,4 +205,7 @@ for _name in COMMANDS:
 
 def main() -> None:
     """Console-script entry point."""
+    from dclip_cli.cli.errors import install_sigterm_handler
+
+    install_sigterm_handler()
     app()

@@ -16,6 +16,28 @@ from dclip_cli.errors import DclipError
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by ``dclip``'s handler so that cleanup runs as for Ctrl-C (temporary files
+    removed, partial downloads kept for resuming) before the process exits."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated()
+
+
+def install_sigterm_handler() -> None:
+    """Turn SIGTERM into :class:`Terminated` (main thread of the ``dclip`` process only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def debug_enabled() -> bool:
@@ -36,8 +58,32 @@ def _format_memory(exc: BaseException) -> tuple[str, str | None]:
 
 def _format_os(exc: BaseException) -> tuple[str, str | None]:
     assert isinstance(exc, OSError)
+    from dclip_cli.fileio import free_bytes, is_disk_full
+
     where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    if is_disk_full(exc):
+        free = free_bytes(exc.filename) if getattr(exc, "filename", None) else None
+        left = f" {free / 1e6:.0f} MB are free there." if free is not None else ""
+        return (
+            f"The disk is full: {exc.strerror or exc}{where}.{left}",
+            "Free some disk space and run the command again, or write elsewhere (-o, DCLIP_DATA, DCLIP_CACHE).",
+        )
     return f"{exc.strerror or exc}{where}.", "Check the path and its permissions."
+
+
+def _format_safetensors(exc: BaseException) -> tuple[str, str | None]:
+    """safetensors' own error type (not an OSError): a damaged file, or a full disk while saving one."""
+    from dclip_cli.fileio import is_disk_full
+
+    if is_disk_full(exc):
+        return (
+            f"The disk is full: a .safetensors file could not be written ({exc}).",
+            "Free some disk space and run the command again, or write elsewhere (-o, DCLIP_DATA, DCLIP_CACHE).",
+        )
+    return (
+        f"A .safetensors file could not be read or written: {exc}.",
+        "The file may be truncated or damaged; fetch, fine-tune or copy it again.",
+    )
 
 
 #: exception type -> formatter returning (message, hint); the first matching entry wins.
@@ -59,11 +105,17 @@ def report(exc: BaseException) -> int:
     from dclip_cli import console
 
     if isinstance(exc, KeyboardInterrupt):
-        console.err.print("[red]Interrupted.[/red] Nothing partial was left behind.")
-        return EXIT_INTERRUPTED
+        word = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
+        console.err.print(
+            f"[red]{word}.[/red] No half-written file was left behind (a partial download is kept and resumed "
+            "next time)."
+        )
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     formatter: Callable[[BaseException], tuple[str, str | None]] | None = None
     if _is_cuda_oom(exc):
         formatter = _format_memory
+    elif type(exc).__name__ == "SafetensorError":  # without importing safetensors here
+        formatter = _format_safetensors
     else:
         for kind, fmt in FORMATTERS:
             if isinstance(exc, kind):

@@ -26,7 +26,7 @@ Examples:
 
   dclip invert face.jpg --domain face
 
-  dclip invert photos/ --domain church --t0 500 --steps 40 -o latents/
+  dclip invert photos/ --domain church --t0 500 --inv-steps 40 -o latents/
 
   dclip invert cat.png --checkpoint my_unet.safetensors --arch-config unet.json -o cat.safetensors --json
 """
@@ -34,11 +34,15 @@ Examples:
 InvertStepsOpt = Annotated[
     int | None,
     typer.Option(
-        "--steps",
         "--inv-steps",
         min=2,
         help="Points in the DDIM inversion sequence (the reconstruction retraces it). Default: preset (40).",
     ),
+]
+#: ``--steps`` meant inversion steps here but generation steps in edit/mix/translate: accepted for one release
+OldStepsOpt = Annotated[
+    int | None,
+    typer.Option("--steps", min=2, hidden=True, help="Deprecated: use --inv-steps."),
 ]
 ArchConfigOpt = Annotated[
     Path | None,
@@ -59,7 +63,8 @@ def invert_command(
     checkpoint: CheckpointOpt = None,
     arch_config: ArchConfigOpt = None,
     t0: T0Opt = None,
-    steps: InvertStepsOpt = None,
+    inv_steps: InvertStepsOpt = None,
+    old_steps: OldStepsOpt = None,
     output: OutputOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images inverted together.")] = 1,
     require_face: RequireFaceOpt = False,
@@ -87,6 +92,17 @@ def invert_command(
             "choose a model with --domain NAME (see 'dclip presets list') or --checkpoint PATH.",
             param_hint="'--domain' / '--checkpoint'",
         )
+    if old_steps is not None:
+        if inv_steps is not None and inv_steps != old_steps:
+            raise typer.BadParameter(
+                f"--steps {old_steps} and --inv-steps {inv_steps} disagree; pass only --inv-steps.",
+                param_hint="'--steps'",
+            )
+        console.warn(
+            "'dclip invert --steps' is deprecated and will be removed in the next release: --steps means "
+            "generation steps in every other command. Use --inv-steps."
+        )
+        inv_steps = old_steps
     load_registry_with_warnings()
     state = get_state(ctx)
     tune_runtime(state)
@@ -94,7 +110,7 @@ def invert_command(
         report = api.invert_images(
             images, domain=domain, checkpoint=checkpoint, arch_config=arch_config,
             config=api.RunConfig(
-                sampling=api.Sampling(t0=t0, inv_steps=steps), outputs=api.Outputs(output=output, overwrite=overwrite),
+                sampling=api.Sampling(t0=t0, inv_steps=inv_steps), outputs=api.Outputs(output=output, overwrite=overwrite),
                 runtime=api.Runtime(device=state.device, precision=precision.value, compile=compile,
                                     batch_size=batch_size, require_face=require_face),
             ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,11 +22,13 @@ Examples:
 
   dclip models fetch celeba_hq clip-vit-b-16
 
-  dclip models fetch --preset face
+  dclip models fetch --preset face --dry-run
 
   dclip models verify
 
   dclip models import ~/Downloads/afhq_dog_4m.pt --as afhq_dog
+
+  dclip models rm face/smiling --yes
 
   dclip models path celeba_hq
 
@@ -34,93 +37,167 @@ Examples:
 
 NamesArg = Annotated[
     list[str] | None,
-    typer.Argument(help="Checkpoint names, e.g. celeba_hq, clip-vit-b-16, face/pixar.", show_default=False),
+    typer.Argument(
+        help="Checkpoint names, e.g. celeba_hq, clip-vit-b-16, face/pixar.",
+        show_default=False,
+        metavar="NAME...",
+    ),
 ]
 
 
-def _human(size: int | None) -> str:
+def size_text(size: int | None, approximate: bool = False) -> str:
+    """``351.0 MB``, ``~351.0 MB`` for a registry estimate, ``size unknown`` when nothing is known."""
+    from dclip_cli.fileio import format_bytes
+
     if size is None:
-        return "?"
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{size} B"  # pragma: no cover
+        return "size unknown"
+    return ("~" if approximate else "") + format_bytes(size)
 
 
-def _yes_no(value: bool | None) -> str:
-    return "-" if value is None else ("yes" if value else "[red]CHANGED[/red]")
+def _interactive() -> bool:
+    """Whether a person can answer a question (stdin and stderr are terminals)."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
 
 
 @models_app.command("list", epilog=EXAMPLES)
 def list_models(as_json: JsonOpt = False) -> None:
-    """List registered checkpoints (size, cached, verified, path) and the fine-tuned edits in the library."""
+    """List registered checkpoints (size, cached, verified, path), partial downloads and the library's edits (with
+    the settings they were trained with)."""
     from rich.markup import escape
     from rich.table import Table
 
-    from dclip_cli import api, console
+    from dclip_cli import console, store
     from dclip_cli.checkpoints import cache
     from dclip_cli.cli._common import load_registry_with_warnings
+    from dclip_cli.fileio import format_bytes
 
     load_registry_with_warnings()
-    rows = api.list_models()
-    edits = api.list_edits()
+    rows = store.list_models()
+    edits = store.list_edits()
+    partial = cache.list_partial()
+    cached_bytes = sum(r.size or 0 for r in rows if r.cached)
+    missing = [r for r in rows if not r.cached]
+    totals = {
+        "cached": cached_bytes,
+        "not_cached": sum(r.size or 0 for r in missing if r.size is not None),
+        "not_cached_approximate": any(r.approximate for r in missing),
+        "not_cached_unknown": sum(1 for r in missing if r.size is None),
+        "edits": sum(e.size for e in edits),
+        "partial": sum(p.size for p in partial),
+    }
     if as_json:
         data = {
             "cache_dir": str(cache.cache_dir()),
             "library_dir": str(cache.library_dir()),
             "models": [r.to_dict() for r in rows],
+            "partial": [p.to_dict() for p in partial],
             "edits": [e.to_dict() for e in edits],
+            "totals": totals,
         }
         console.out.print_json(json.dumps(data))
         return
-    table = Table(title=f"Checkpoints in {escape(str(cache.checkpoints_dir()))}")
-    table.add_column("name", style="bold", overflow="fold")
+    for e in edits:
+        if e.problem:
+            console.warn(
+                escape(f"A damaged library edit: {e.problem} Remove it with 'dclip models rm {e.name}'.")
+            )
+    table = Table(title=f"Checkpoints in {escape(str(cache.checkpoints_dir()))}", title_justify="left")
+    table.add_column("name", style="bold", no_wrap=True)
     table.add_column("size", justify="right", no_wrap=True)
-    table.add_column("cached")
-    table.add_column("verified")
-    table.add_column("path / source", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    wide = console.out.width >= 120  # the file column only where it fits ('dclip models path NAME' prints it)
+    if wide:
+        table.add_column("file", overflow="fold")
+    root = cache.checkpoints_dir()
     for r in rows:
         if r.cached:
-            where = escape(str(r.path))
+            status = "cached" + {None: "", True: ", verified", False: ", [red]CHANGED[/red]"}[r.verified]
+            if r.override:
+                status += " [yellow](unpinned)[/yellow]"
+        elif r.partial:
+            status = f"[yellow]partial, {format_bytes(r.partial)}[/yellow]"
         elif r.downloadable:
-            where = "[dim]download on first use[/dim]"
+            status = "[dim]download on first use[/dim]"
         else:
-            where = "[yellow]manual download[/yellow]"
-        table.add_row(
-            escape(r.name) + ("" if r.registered else " [dim](unregistered)[/dim]"),
-            _human(r.size),
-            "yes" if r.cached else "no",
-            _yes_no(r.verified) if r.cached else "",
-            where,
-        )
+            status = "[yellow]manual download[/yellow]"
+        try:
+            where = r.path.relative_to(root).as_posix()
+        except ValueError:
+            where = str(r.path)
+        cells = [escape(r.name) + ("" if r.registered else " [dim](unregistered)[/dim]")]
+        cells += [size_text(r.size, r.approximate), status] + ([escape(where)] if wide else [])
+        table.add_row(*cells)
+    unknown = totals["not_cached_unknown"]
+    to_get = ("about " if totals["not_cached_approximate"] else "") + format_bytes(totals["not_cached"])
+    to_get += f" + {unknown} of unknown size" if unknown else ""
+    table.caption = f"Cached: {format_bytes(cached_bytes)}; not cached: {to_get}."
+    table.caption_justify = "left"
     console.out.print(table)
-    lib = Table(title=f"Fine-tuned edits in {escape(str(cache.library_dir()))}")
-    lib.add_column("name", style="bold", overflow="fold")
-    lib.add_column("size", justify="right")
-    lib.add_column("path", overflow="fold")
-    for e in edits:
-        lib.add_row(escape(e.name), _human(e.size), escape(str(e.path)))
-    if edits:
-        console.out.print(lib)
-    else:
+    if partial:
+        part = Table(title="Partial downloads (the next fetch resumes them)", title_justify="left")
+        part.add_column("name", style="bold", overflow="fold")
+        part.add_column("received", justify="right", no_wrap=True)
+        part.add_column("file", overflow="fold")
+        for p in partial:
+            got = format_bytes(p.size) + (f" of {format_bytes(p.total)}" if p.total else "")
+            part.add_row(escape(p.name or p.relpath), got, escape(str(p.path)))
+        part.caption = "Remove one with 'dclip models rm NAME'."
+        part.caption_justify = "left"
+        console.out.print(part)
+    if not edits:
         console.info(escape(f"No fine-tuned edits in the library ({cache.library_dir()})."))
+        return
+    lib = Table(title=f"Fine-tuned edits in {escape(str(cache.library_dir()))}", title_justify="left")
+    lib.add_column("name", style="bold", no_wrap=True)
+    lib.add_column("size", justify="right", no_wrap=True)
+    lib.add_column("trained with", overflow="fold")
+    for e in edits:
+        if e.problem:
+            trained = "[red]unreadable[/red]"
+        else:
+            trained = (
+                escape(e.training.summary() if e.training is not None else "") or "[dim]not recorded[/dim]"
+            )
+        lib.add_row(escape(e.name), format_bytes(e.size), trained)
+    lib.caption = f"Total: {format_bytes(totals['edits'])}."
+    lib.caption_justify = "left"
+    console.out.print(lib)
 
 
-def _preset_checkpoints(preset_name: str) -> list[str]:
-    from dclip_cli.cli._common import load_registry_with_warnings
+def _plan_table(title: str, files: list[Any]) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
 
-    registry = load_registry_with_warnings()
-    preset = registry.preset(preset_name)
-    names = [preset.checkpoint, *getattr(preset, "extra_checkpoints", ())]
-    ident = getattr(preset, "identity_model", None)
-    if ident and ident in registry.identity_models:
-        ckpt = getattr(registry.identity_models[ident], "checkpoint", None)
-        if ckpt:
-            names.append(ckpt)
-    names += [e.checkpoint for e in preset.edits.values() if e.checkpoint]
-    return list(dict.fromkeys(names))
+    from dclip_cli.fileio import format_bytes
+    from dclip_cli.store.plan import totals
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("file", style="bold", overflow="fold", ratio=2)
+    table.add_column("needed for", overflow="fold", ratio=2)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("status", overflow="fold", ratio=2)
+    for f in files:
+        if f.cached:
+            status = "[green]cached[/green]"
+        elif f.spec is None:
+            status = "[red]not registered[/red]"
+        elif f.downloadable:
+            status = "to download"
+        else:
+            status = "[yellow]manual download[/yellow]"
+        table.add_row(
+            escape(f"{f.name} ({f.filename})" if f.filename else f.name),
+            escape(f.role),
+            size_text(f.size, f.approximate),
+            status,
+        )
+    todo = [f for f in files if not f.cached and f.downloadable]
+    table.caption = (
+        f"{len(files)} files, {totals(files).text(format_bytes)} in all; "
+        f"{len(todo)} to download, {totals(todo).text(format_bytes)}."
+    )
+    table.caption_justify = "left"
+    return table
 
 
 @models_app.command("fetch", epilog=EXAMPLES)
@@ -131,51 +208,78 @@ def fetch(
         typer.Option(
             "--preset",
             "-p",
-            help="Fetch everything a preset uses (base model, identity weights, official fine-tuned models).",
+            metavar="PRESET",
+            help="Fetch everything the preset's commands need: base model, CLIP, LPIPS trunk, identity weights and "
+            "the official fine-tuned models.",
         ),
     ] = None,
     all_: Annotated[
         bool, typer.Option("--all", help="Fetch every registered checkpoint that has a URL.")
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", "-n", help="List the files, their sizes and what is cached; download nothing."
+        ),
+    ] = False,
 ) -> None:
-    """Download checkpoints into the cache (verified; dropped connections resume; DCLIP_MIRROR first)."""
+    """Download checkpoints into the cache (verified; interrupted downloads resume; DCLIP_MIRROR first)."""
     from rich.markup import escape
 
-    from dclip_cli import api, console
+    from dclip_cli import api, console, store
     from dclip_cli.cli._common import load_registry_with_warnings
     from dclip_cli.cli.display import Display
     from dclip_cli.errors import DclipError
+    from dclip_cli.fileio import format_bytes
+    from dclip_cli.store.plan import plan_file, plan_preset, totals
 
     load_registry_with_warnings()
-    targets = list(names or [])
-    bulk = bool(preset or all_)
+    files = []
     if preset:
-        targets += _preset_checkpoints(preset)
-    if all_:
-        targets += sorted(api.all_specs())
-    if not targets:
+        files += plan_preset(preset)
+    for name in [*(names or []), *(sorted(api.all_specs()) if all_ else [])]:
+        files.append(plan_file(api.get_spec(name).name, "named" if name in (names or []) else "--all"))
+    if not files:
         raise typer.BadParameter(
-            "name at least one checkpoint, or use --preset or --all.", param_hint="NAMES"
+            "name at least one checkpoint, or use --preset or --all.", param_hint="NAME..."
         )
-    specs = list({spec.name: spec for spec in (api.get_spec(name) for name in targets)}.values())
+    files = list({f.name: f for f in files}.values())
+    missing = [f.name for f in files if f.spec is None]
+    if missing:
+        for name in missing:
+            api.get_spec(name)  # raises UnknownCheckpointError with suggestions
+    bulk = bool(preset or all_)
+    if dry_run:
+        console.out.print(_plan_table("Files to fetch" + (f" for preset {preset}" if preset else ""), files))
+        return
+    todo = [f for f in files if not f.cached]
+    if len(files) > 1:
+        console.info(
+            f"{len(files)} files; {len(todo)} to download ({totals(todo).text(format_bytes)}), "
+            f"{len(files) - len(todo)} already cached."
+        )
     failures: list[tuple[str, DclipError]] = []
-    for spec in specs:
-        if bulk and not spec.urls and not api.checkpoint_path(spec).is_file():
-            console.warn(escape(f"{spec.name} needs a manual download: {api.manual_hint(spec)}"))
+    for f in files:
+        spec = f.spec
+        assert spec is not None
+        if bulk and not spec.urls and not f.cached:
+            console.warn(escape(f"{spec.name} needs a manual download: {store.manual_hint(spec)}"))
             continue
-        cached = api.checkpoint_path(spec).is_file()
         try:
-            with Display() as display:
-                path = api.fetch_checkpoint(spec, progress=display)
+            if f.cached and f.path is not None and f.path != api.checkpoint_path(spec):
+                path = f.path  # the LPIPS trunk torch hub already has
+            else:
+                with Display() as display:
+                    path = api.fetch_checkpoint(spec, progress=display)
         except DclipError as exc:
-            if len(specs) == 1:
+            if len(files) == 1:
                 raise
             failures.append((spec.name, exc))
             console.err.print(
                 f"[red]Error:[/red] {escape(spec.name)}: {escape(exc.message)}", highlight=False
             )
             continue
-        if cached:
+        if f.cached:
             console.info(escape(f"{spec.name}: already cached"))
         console.out.print(str(path), highlight=False, soft_wrap=True)
     if failures:
@@ -233,26 +337,56 @@ def verify(names: NamesArg = None, as_json: JsonOpt = False) -> None:
 @models_app.command("rm", epilog=EXAMPLES)
 def rm(
     names: Annotated[
-        list[str], typer.Argument(help="Checkpoint or edit names to delete.", show_default=False)
+        list[str],
+        typer.Argument(help="Checkpoint or edit names to delete.", show_default=False, metavar="NAME..."),
     ],
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Delete without asking (needed for library edits in scripts).")
+    ] = False,
 ) -> None:
-    """Delete cached checkpoints (or library edits) and what dclip recorded about them."""
+    """Delete cached checkpoints (or library edits with their fine-tuning run folders) and what dclip recorded about
+    them. Asks first on a terminal; a library edit, which cannot be downloaded again, needs --yes in scripts."""
     from rich.markup import escape
 
-    from dclip_cli import api, console
+    from dclip_cli import console, store
+    from dclip_cli.cli._common import load_registry_with_warnings
+    from dclip_cli.errors import ConfigError
+    from dclip_cli.fileio import format_bytes
 
-    api.get_registry()
-    for name in names:
-        removed = api.remove_checkpoint(name)
-        if removed:
-            for path in removed:
-                console.info(escape(f"Removed {path}"))
-        else:
-            console.warn(escape(f"{name} is not cached; nothing to remove."))
+    load_registry_with_warnings()
+    plans = [store.plan_removal(name) for name in names]
+    for plan in plans:
+        if not plan.files and not plan.folders:
+            console.warn(escape(f"{plan.name} is not cached; nothing to remove."))
+    plans = [p for p in plans if p.files or p.folders]
+    if not plans:
+        return
+    edits = [p for p in plans if p.kind == "edit"]
+    if not yes and _interactive():
+        for plan in plans:
+            what = "your fine-tuned edit" if plan.kind == "edit" else "the cached checkpoint"
+            console.err.print(f"{escape(plan.name)}: {what}, {format_bytes(plan.size)}", highlight=False)
+            for path in [*plan.files, *plan.folders]:
+                console.err.print(f"  {escape(str(path))}", highlight=False)
+        again = " Edits cannot be downloaded again." if edits else ""
+        if not typer.confirm(f"Delete {format_bytes(sum(p.size for p in plans))}?{again}", err=True):
+            console.info("Nothing was deleted.")
+            raise typer.Exit(1)
+    elif not yes and edits:
+        raise ConfigError(
+            f"{', '.join(p.name for p in edits)} {'is a fine-tuned edit' if len(edits) == 1 else 'are fine-tuned edits'}"
+            f" ({format_bytes(sum(p.size for p in edits))}) that cannot be downloaded again; nothing was deleted.",
+            hint="Pass --yes to delete without asking.",
+        )
+    for plan in plans:
+        for path in store.remove(plan.name):
+            console.info(escape(f"Removed {path}"))
 
 
 @models_app.command("path", epilog=EXAMPLES)
-def path(name: Annotated[str, typer.Argument(help="Checkpoint or edit name.", show_default=False)]) -> None:
+def path(
+    name: Annotated[str, typer.Argument(help="Checkpoint or edit name.", show_default=False, metavar="NAME")],
+) -> None:
     """Print the local path of a cached checkpoint or library edit."""
     from dclip_cli import api, console
 
@@ -264,13 +398,19 @@ def import_(
     file: Annotated[
         Path,
         typer.Argument(
-            exists=True, dir_okay=False, readable=True, help="The downloaded file.", show_default=False
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="The downloaded file.",
+            show_default=False,
+            metavar="FILE",
         ),
     ],
     name: Annotated[
         str,
         typer.Option(
             "--as",
+            metavar="NAME",
             help="Registered checkpoint name (celeba_hq, face/pixar), or <preset>/<edit> for an edit of your own.",
             show_default=False,
         ),
@@ -279,15 +419,34 @@ def import_(
     no_check: Annotated[
         bool, typer.Option("--no-check", help="Skip loading the file to check its format and keys.")
     ] = False,
+    allow_unpinned: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unpinned",
+            help="Accept a file whose SHA-256 differs from the registry's pinned one (a copy you trust); it is "
+            "recorded as unpinned.",
+        ),
+    ] = False,
 ) -> None:
-    """Import a file you downloaded by hand (format, keys and pinned hash are checked)."""
+    """Import a file you downloaded by hand (format, keys, metadata and pinned hash are checked)."""
     from rich.markup import escape
 
-    from dclip_cli import api, console
+    from dclip_cli import api, console, store
+    from dclip_cli.checkpoints import cache
 
     api.get_registry()
-    dest = api.import_checkpoint(file, name, overwrite=overwrite, check=not no_check)
+    dest = store.import_file(
+        file, name, check=not no_check, overwrite=overwrite, allow_unpinned=allow_unpinned
+    )
     console.info(escape(f"Imported {file} as {name}."))
+    meta = cache.read_meta(dest)
+    if meta is not None and meta.override:
+        console.warn(
+            escape(
+                f"{file} does not have the pinned SHA-256 of {name}; it was recorded as unpinned (sha256 "
+                f"{meta.sha256}). 'dclip models rm {name}' removes it."
+            )
+        )
     console.out.print(str(dest), highlight=False, soft_wrap=True)
 
 

@@ -11,16 +11,33 @@ import typer
 ImagesArg = Annotated[
     list[Path],
     typer.Argument(
-        exists=True, readable=True, help="Input image file(s) or directories of images.", show_default=False
+        exists=True,
+        readable=True,
+        help="Input image file(s) or directories of images.",
+        show_default=False,
+        metavar="IMAGE...",
     ),
 ]
 ImageArg = Annotated[
     Path,
-    typer.Argument(exists=True, dir_okay=False, readable=True, help="Input image file.", show_default=False),
+    typer.Argument(
+        exists=True,
+        dir_okay=False,
+        readable=True,
+        help="Input image file.",
+        show_default=False,
+        metavar="IMAGE",
+    ),
 ]
 DomainOpt = Annotated[
     str | None,
-    typer.Option("--domain", "--preset", "-d", help="Preset (domain) name, e.g. face, dog, church, bedroom."),
+    typer.Option(
+        "--domain",
+        "--preset",
+        "-d",
+        metavar="PRESET",
+        help="Preset (domain) name, e.g. face, dog, church, bedroom.",
+    ),
 ]
 T0Opt = Annotated[
     int | None,
@@ -75,6 +92,7 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
+        metavar="FILE|NAME",
         help="Edit model: a .safetensors/.pth file, a library name (face/pixar) or a registered checkpoint.",
     ),
 ]
@@ -90,7 +108,10 @@ LatentOpt = Annotated[
 ]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
 ClipModelOpt = Annotated[
-    str, typer.Option("--clip-model", help="CLIP model name (ViT-B/16, ViT-B/32) or OpenAI CLIP file.")
+    str,
+    typer.Option(
+        "--clip-model", metavar="NAME|FILE", help="CLIP model name (ViT-B/16, ViT-B/32) or OpenAI CLIP file."
+    ),
 ]
 MetricsOpt = Annotated[
     str,

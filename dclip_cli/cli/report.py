@@ -31,8 +31,23 @@ def parse_option(param: str, parse: Any, value: Any) -> Any:
         raise typer.BadParameter(message, param_hint=f"'{param}'") from None
 
 
+#: column headers short enough for an 80-column table; the caption spells them out
+_SHORT_HEADERS = {
+    "clip_directional": "CLIP dir.",
+    "clip_target": "CLIP target",
+    "lpips": "LPIPS",
+    "identity": "identity",
+    "reconstruction_psnr": "recon. PSNR",
+    "psnr": "PSNR",
+}
+
+
 def metrics_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> Any:
-    """A Rich table with one row per output and one column per metric present."""
+    """A Rich table with one row per output and one column per metric present.
+
+    Headers are short (``CLIP dir. ↑``) and explained in the caption, and long output names wrap instead of being
+    cut, so the table reads in an 80-column terminal.
+    """
     from rich.markup import escape
     from rich.table import Table
 
@@ -42,12 +57,18 @@ def metrics_table(title: str, rows: list[tuple[str, dict[str, float]]]) -> Any:
         {k for _, r in rows for k in r if k not in METRICS}
     )
     table = Table(title=title)
-    table.add_column("output", style="bold")
+    table.add_column("output", style="bold", overflow="fold", min_width=12)
+    legend = []
     for key in keys:
         label, higher = METRICS.get(key, (key, True))
-        table.add_column(f"{label} {'↑' if higher else '↓'}", justify="right")
+        short = _SHORT_HEADERS.get(key, label)
+        table.add_column(f"{short} {'↑' if higher else '↓'}", justify="right", overflow="fold")
+        if not label.startswith(short):
+            legend.append(f"{short} = {label}")
     for name, row in rows:
         table.add_row(escape(name), *(_fmt(row.get(k)) for k in keys))
+    table.caption = escape("; ".join([*legend, "↑ higher is better, ↓ lower is better."]))
+    table.caption_justify = "left"
     return table
 
 

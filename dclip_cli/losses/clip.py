@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from dclip_cli.errors import (
@@ -257,7 +258,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
             f"The CLIP file {str(path)!r} contains pickled Python objects other than tensors and was not loaded.",
             hint="Use OpenAI's TorchScript archive or a plain state dict saved with torch.save(model.state_dict()).",
         ) from exc
-    except (RuntimeError, OSError, KeyError, ValueError, EOFError) as exc:
+    except (RuntimeError, OSError, KeyError, ValueError, EOFError, SafetensorError) as exc:
         raise CheckpointError(
             f"The CLIP file {str(path)!r} could not be read ({type(exc).__name__}: {exc}).",
             hint="Check that it is an OpenAI CLIP .pt file; delete and re-download it if it is truncated.",

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from dclip_cli.errors import PresetError
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_\-]*")
 
 FinetuneMode = Literal["original", "efficient"]
 Preprocess = Literal["center_crop", "align"]
@@ -111,7 +111,7 @@ class Preset:
     def validate(self) -> None:
         """Raise :class:`PresetError` naming the first invalid field."""
         problems: list[str] = []
-        if not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
             problems.append(f"name {self.name!r} must be lower case letters, digits, '-' or '_'")
         if self.arch not in ("ddpm", "adm"):
             problems.append(f"arch {self.arch!r} must be 'ddpm' or 'adm'")

@@ -24,6 +24,7 @@ def edits_from_table(
     arch_config: dict[str, Any],
     source_note: str,
     manual_folder: str | None = None,
+    approx_size: int | None = None,
 ) -> tuple[dict[str, Edit], list[CheckpointSpec]]:
     """Return the preset's edits and the checkpoint specs of its official fine-tuned models.
 
@@ -35,6 +36,8 @@ def edits_from_table(
         arch_config: the base architecture's hyper-parameters.
         source_note: provenance and licence line for the fine-tuned files.
         manual_folder: where a user can download the files by hand, for the manual instructions.
+        approx_size: approximate size of each fine-tuned file, for display (the official ones are fp32 state dicts
+            of the base architecture, as big as the base checkpoint).
     """
     edits: dict[str, Edit] = {}
     specs: list[CheckpointSpec] = []
@@ -59,6 +62,7 @@ def edits_from_table(
                 description=f"Official DiffusionCLIP fine-tuned model ({preset}): {src} -> {trg}",
                 license_note=source_note,
                 manual=manual,
+                approx_size=approx_size,
             )
         )
     return edits, specs

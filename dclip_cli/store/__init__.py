@@ -5,17 +5,28 @@ Above :mod:`dclip_cli.checkpoints` (spec records, cache layout, downloads of a s
 :mod:`dclip_cli.presets` (the plugins that register specs), below the training loop and the applications.
 """
 
-from dclip_cli.store.library import find_match, free_name, is_plain_name, write_entry_meta
+from dclip_cli.store.library import (
+    TrainingSettings,
+    find_match,
+    free_name,
+    is_plain_name,
+    metadata_problems,
+    read_entry,
+    write_entry_meta,
+)
 from dclip_cli.store.manage import (
     EditStatus,
     ModelStatus,
+    Removal,
     VerifyResult,
+    check_edit_file,
     check_file,
     detect_format,
     import_file,
     list_edits,
     list_models,
     model_path,
+    plan_removal,
     remove,
     verify,
     verify_cached,
@@ -29,8 +40,11 @@ __all__ = [
     "EditStatus",
     "LoadedModel",
     "ModelStatus",
+    "Removal",
+    "TrainingSettings",
     "VerifyResult",
     "all_specs",
+    "check_edit_file",
     "check_file",
     "clip_file",
     "detect_format",
@@ -51,7 +65,10 @@ __all__ = [
     "load_lpips",
     "lpips_trunk",
     "manual_hint",
+    "metadata_problems",
     "model_path",
+    "plan_removal",
+    "read_entry",
     "remove",
     "verify",
     "verify_cached",

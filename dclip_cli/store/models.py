@@ -138,11 +138,15 @@ def load_edit(
 
     Raises:
         IncompatibleModelError: the artifact was made for another base or architecture.
-        CheckpointError: the file is missing or unreadable.
+        CheckpointError: the file is missing or unreadable, or its metadata is damaged.
     """
     from dclip_cli.artifacts import load_artifact
+    from dclip_cli.store.library import read_entry
 
     file = Path(path)
+    read_entry(
+        file
+    )  # a damaged metadata block is a CheckpointError naming the file, not a crash while loading
     model = load_artifact(file, base.model, base_sha256=base.sha256)
     model.requires_grad_(False)
     meta = getattr(getattr(model, "artifact", None), "metadata", {}) or {}

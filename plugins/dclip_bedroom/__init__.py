@@ -58,6 +58,7 @@ EDITS, FINETUNED = edits_from_table(
     arch_config=DDPM_256_CONFIG,
     source_note="DiffusionCLIP release (Kim, Kwon and Ye, CVPR 2022), Google Drive; ids from the original Colab.",
     manual_folder=DIFFUSIONCLIP_DRIVE_FOLDER,
+    approx_size=455_000_000,  # fp32 state dicts of the base architecture (same DDPM-256 architecture as CelebA-HQ: 113.67 M fp32 parameters)
 )
 
 
@@ -115,6 +116,7 @@ def register_checkpoints(register: Any) -> None:
             arch="ddpm",
             arch_config=DDPM_256_CONFIG,
             description="LSUN bedroom 256 DDPM (SDEdit release, used by DiffusionCLIP).",
+            approx_size=455_000_000,  # 455 MB on Hugging Face: 113.67 M fp32 parameters
             license_note="SDEdit / DiffusionCLIP release; Hugging Face mirror gwang-kim/DiffusionCLIP-LSUN_Bedroom.",
         )
     )

@@ -74,6 +74,7 @@ EDITS, FINETUNED = edits_from_table(
     arch_config=DDPM_256_CONFIG,
     source_note="DiffusionCLIP release (Kim, Kwon and Ye, CVPR 2022), Google Drive; ids from the original Colab.",
     manual_folder=DIFFUSIONCLIP_DRIVE_FOLDER,
+    approx_size=455_000_000,  # fp32 state dicts of the base architecture (same DDPM-256 architecture as CelebA-HQ: 113.67 M fp32 parameters)
 )
 
 
@@ -132,6 +133,7 @@ def register_checkpoints(register: Any) -> None:
             arch="ddpm",
             arch_config=DDPM_256_CONFIG,
             description="LSUN church-outdoor 256 DDPM (Ho et al.; ddim release, diffusers copy as fallback).",
+            approx_size=455_000_000,  # 113.67 M fp32 parameters (the diffusers copies differ)
             license_note="Ho et al. DDPM LSUN church weights via ermongroup/ddim, or google/ddpm-ema-church-256.",
         )
     )

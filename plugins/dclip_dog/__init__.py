@@ -37,6 +37,7 @@ EDITS, FINETUNED = edits_from_table(
     arch_config=ADM_AFHQ_CONFIG,
     source_note="DiffusionCLIP release (Kim, Kwon and Ye, CVPR 2022), Google Drive.",
     manual_folder=DIFFUSIONCLIP_DRIVE_FOLDER,
+    approx_size=374_000_000,  # fp32 state dicts of the base architecture (the AFHQ ADM: 93.56 M fp32 parameters)
 )
 
 
@@ -79,6 +80,7 @@ def register_checkpoints(register: Any) -> None:
             arch="adm",
             arch_config=ADM_AFHQ_CONFIG,
             description="AFHQ-dog 256 ADM (ILVR / P2-weighting release), 93.6 M parameters.",
+            approx_size=374_000_000,  # 93.56 M fp32 parameters
             license_note="ILVR (Choi et al., ICCV 2021) release via Google Drive.",
             manual=(
                 "Download afhq_dog_4m.pt from the ILVR release "

@@ -54,3 +54,43 @@ def register_presets(register):
 def register_checkpoints(register):
     register(CheckpointSpec(name="{name}_base", filename="{name}.ckpt", urls=("http://127.0.0.1:9/x.ckpt",)))
 """
+
+
+def write_wheel(
+    folder: Path,
+    dist_name: str,
+    module: str,
+    source: str,
+    *,
+    entry_name: str | None = None,
+    version: str = "0.1.0",
+    plugin: bool = True,
+) -> Path:
+    """Build a pure-Python wheel of a one-module preset plugin in ``folder`` (no build backend, no network) and
+    return its path; ``pip install`` takes it like any wheel. ``plugin=False`` leaves out the entry point (a
+    package that is not a dclip plugin)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    stem = dist_name.replace("-", "_")
+    info = f"{stem}-{version}.dist-info"
+    files = {
+        f"{module}.py": textwrap.dedent(source).encode(),
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: dclip-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    if plugin:
+        files[f"{info}/entry_points.txt"] = f"[dclip.presets]\n{entry_name or module} = {module}\n".encode()
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append(f"{info}/RECORD,,")
+    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"{stem}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return wheel
