@@ -143,14 +143,22 @@ class SamplingSettings:
 
         return torch.Generator(device=device).manual_seed(self.seed + offset)
 
-    def generators(self, device: Any, x: Any) -> list[Any]:
-        """One generator per image of ``x`` (B, 3, S, S), seeded with ``seed`` plus a hash of that image, so an
-        image's noise does not depend on the batch it is in or its position there."""
-        from dclip_cli.latents import tensor_sha256
+    def image_generators(self, device: Any, image_keys: Sequence[str], salt: str) -> list[Any]:
+        """One generator per image, seeded by :func:`image_seed` from what the user gave: ``seed``, the input's
+        content hash (``image_keys``, one per image) and the edit (``salt``). No image's noise depends on the batch
+        it is in, its position there, the number of processes, or the last bits of a computed latent."""
+        import torch
 
-        return [
-            self.generator(device, offset=int(tensor_sha256(x[i : i + 1])[:8], 16)) for i in range(x.shape[0])
-        ]
+        return [torch.Generator(device=device).manual_seed(image_seed(self.seed, k, salt)) for k in image_keys]
+
+
+def image_seed(seed: int, image_key: str, salt: str) -> int:
+    """The seed of one image's noise: 63 bits of SHA-256 over ``[seed, image_key, salt]`` (JSON)."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps([int(seed), str(image_key), str(salt)]).encode("utf-8")).hexdigest()
+    return int(digest[:16], 16) & ((1 << 63) - 1)
 
 
 def resolve_t0(

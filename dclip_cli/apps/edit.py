@@ -86,7 +86,7 @@ def edit_images(
     session = session or Session(config.runtime, progress=progress)
 
     # 2. inputs, domain, target, outputs (before any diffusion model is loaded)
-    inputs = prepare_inputs(session, paths, domain)
+    inputs = prepare_inputs(session, paths, domain, edits=[to])
     preset = inputs.preset
     target = parse_target(preset, to, src)
     lat = read_latent_arg(latent, len(inputs.images), sampling.t0)
@@ -94,7 +94,7 @@ def edit_images(
         [inp.path for inp in inputs.images], target.tag, outputs.output, kind="sweep" if sweep else None,
         compare=outputs.compare, overwrite=outputs.overwrite,
     )  # fmt: skip
-    run = Run(session, "edit", inputs, plans, outputs)
+    run = Run(session, "edit", inputs, plans, outputs, salt=target.tag)
     lat_t0, lat_steps = (lat.t0, lat.steps) if lat is not None else (None, None)
     provisional = resolve_sampling(
         preset, sampling, t0=resolve_t0(preset, requested=sampling.t0, latent=lat_t0, edits=[target.t0]),
@@ -135,12 +135,12 @@ def edit_images(
     for batch in run.batches():
         x0 = batch.x0
         with batch.timings.measure("inversion"):
-            x_lat, x_rec = run.invert(base, x0, settings, need_rec=need_rec, latent=lat.x if lat else None)
+            x_lat, x_rec = run.invert(base, x0, settings, batch, need_rec=need_rec, latent=lat.x if lat else None)
         edits: list[Any] = []
         with batch.timings.measure("generation"):
             for s in strengths:
                 eps_model = fast_edit if s == 1.0 else blend(fast_base, fast_edit, s)
-                edits.append(run.generate(eps_model, x_lat, settings))
+                edits.append(run.generate(eps_model, x_lat, settings, batch))
         with batch.timings.measure("metrics"):
             rows_by_strength = [
                 compute_metrics(

@@ -75,7 +75,7 @@ def mix_images(
     reporter = session.reporter
 
     # 2. inputs, domain, targets, outputs
-    inputs = prepare_inputs(session, paths, domain)
+    inputs = prepare_inputs(session, paths, domain, edits=list(to))
     preset = inputs.preset
     targets = [parse_target(preset, t, src) for t in to]
     tag = "mix-" + "+".join([*(t.tag for t in targets), *(slugify(Path(m).stem) for m in models)])
@@ -85,7 +85,7 @@ def mix_images(
         [inp.path for inp in inputs.images], tag, outputs.output, compare=outputs.compare,
         overwrite=outputs.overwrite,
     )  # fmt: skip
-    run = Run(session, "mix", inputs, plans, outputs)
+    run = Run(session, "mix", inputs, plans, outputs, salt=tag)
     lat_t0, lat_steps = (lat.t0, lat.steps) if lat is not None else (None, None)
     settings = resolve_sampling(
         preset, sampling, inv_steps=lat_steps,
@@ -143,9 +143,9 @@ def mix_images(
     for batch in run.batches():
         x0 = batch.x0
         with batch.timings.measure("inversion"):
-            x_lat, x_rec = run.invert(base, x0, settings, need_rec=need_rec, latent=lat.x if lat else None)
+            x_lat, x_rec = run.invert(base, x0, settings, batch, need_rec=need_rec, latent=lat.x if lat else None)
         with batch.timings.measure("generation"):
-            x_mix = run.generate(mixed, x_lat, settings)
+            x_mix = run.generate(mixed, x_lat, settings, batch)
         with batch.timings.measure("metrics"):
             rows = compute_metrics(
                 metric_models, x_src=x0, x_edit=x_mix, src_text=src_text, trg_text=trg_text,

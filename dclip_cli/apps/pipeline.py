@@ -7,7 +7,6 @@ outputs with its sidecar, and report.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -69,11 +68,13 @@ class RunReport:
 
 @dataclass
 class Batch:
-    """One batch of inputs with their planned outputs; ``x0`` is (B, 3, S, S) on the session's device."""
+    """One batch of inputs with their planned outputs; ``x0`` is (B, 3, S, S) on the session's device; ``keys``
+    the content hash of each input file (what its noise is seeded from)."""
 
     items: Sequence[tuple[InputImage, OutputSet]]
     x0: Any
     timings: Timings
+    keys: list[str]
 
 
 class Run:
@@ -85,15 +86,25 @@ class Run:
         inputs: the prepared inputs and the domain.
         plans: the planned outputs, one per input.
         outputs: the output settings.
+        salt: what the run does (the edit's tag), mixed into every image's noise seed with ``--seed`` and the
+            image's content hash (:func:`~dclip_cli.apps.config.image_seed`).
     """
 
     def __init__(
-        self, session: Session, command: str, inputs: Inputs, plans: Sequence[OutputSet], outputs: Outputs
+        self,
+        session: Session,
+        command: str,
+        inputs: Inputs,
+        plans: Sequence[OutputSet],
+        outputs: Outputs,
+        *,
+        salt: str = "",
     ) -> None:
         from dclip_cli.manifest import Timings
 
         self.session = session
         self.command = command
+        self.salt = salt
         self.inputs = inputs
         self.preset = inputs.preset
         self.plans = list(plans)
@@ -131,7 +142,12 @@ class Run:
 
         for items in self._batches:
             x0 = torch.cat([inp.x0 for inp, _ in items]).to(self.session.device)
-            yield Batch(items, x0, Timings())
+            keys = [str(inp.info.get("image_sha256") or inp.path) for inp, _ in items]
+            yield Batch(items, x0, Timings(), keys)
+
+    def generators(self, batch: Batch, settings: SamplingSettings) -> list[Any]:
+        """One noise generator per image of ``batch`` (see :meth:`SamplingSettings.image_generators`)."""
+        return settings.image_generators(self.session.device, batch.keys, self.salt)
 
     # -- the diffusion steps ---------------------------------------------------------------------------------------
 
@@ -144,15 +160,17 @@ class Run:
 
         return callback
 
-    def generate(self, model: Any, x_lat: Any, settings: SamplingSettings, label: str = GENERATING) -> Any:
-        """DDIM generation from ``x_lat``; η noise from per-image generators seeded with ``settings.seed`` and the
-        latent's content, so the base reconstruction and a strength-0 edit are the same computation and no result
-        depends on the batch size."""
+    def generate(
+        self, model: Any, x_lat: Any, settings: SamplingSettings, batch: Batch, label: str = GENERATING
+    ) -> Any:
+        """DDIM generation from ``x_lat`` (the inputs of ``batch``); η noise from per-image generators seeded with
+        ``--seed``, the input file's content and the run's edit (fresh for every call), so the base reconstruction
+        and a strength-0 edit are the same computation and no result depends on the batch size."""
         import torch
 
         from dclip_cli.diffusion.ddim import generate
 
-        generator = settings.generators(self.session.device, x_lat) if settings.eta > 0 else None
+        generator = self.generators(batch, settings) if settings.eta > 0 else None
         with torch.no_grad():
             return generate(
                 model, x_lat, t0=settings.t0, n_steps=settings.n_gen_steps, eta=settings.eta, generator=generator,
@@ -164,6 +182,7 @@ class Run:
         base: LoadedModel,
         x0: Any,
         settings: SamplingSettings,
+        batch: Batch,
         *,
         need_rec: bool,
         latent: Any = None,
@@ -187,7 +206,7 @@ class Run:
         fast_base = session.fast(base.model)
         if latent is not None:
             x_lat = latent.to(session.device)
-            return x_lat, (self.generate(fast_base, x_lat, settings, RECONSTRUCTING) if need_rec else None)
+            return x_lat, (self.generate(fast_base, x_lat, settings, batch, RECONSTRUCTING) if need_rec else None)
         n = x0.shape[0]
         same = settings.n_gen_steps == settings.n_inv_steps and settings.eta == 0
         cache = None
@@ -222,7 +241,7 @@ class Run:
                 self.reporter.progress(RECONSTRUCTING, advance=settings.n_gen_steps,
                                        total=self.totals.get(RECONSTRUCTING), status="cached")  # fmt: skip
             else:
-                x_rec = self.generate(fast_base, x_lat, settings, RECONSTRUCTING)
+                x_rec = self.generate(fast_base, x_lat, settings, batch, RECONSTRUCTING)
         if cache is not None:
             # every new latent is stored; its reconstruction too when it is the same computation (N steps, η = 0)
             keep_rec = x_rec is not None and same
@@ -316,33 +335,31 @@ class Run:
         metrics: dict[str, float],
         doc: Callable[[], dict[str, Any]],
     ) -> None:
-        """Write one input's image, optional compare sheet and intermediates, then its sidecar; on any failure
-        remove what was written for it, so no partial set is left."""
+        """Write one input's image, optional compare sheet and intermediates, and its sidecar as one set: the files
+        are renamed into place only once all of them are complete (``--overwrite`` keeps the previous set until
+        then), and no image is written from non-finite values. Then report the written paths (an ``output``
+        event), so a caller interrupted later still knows what was completed."""
         from dclip_cli import images
         from dclip_cli.manifest import write_manifest
+        from dclip_cli.outputs import write_together
+        from dclip_cli.progress import Event
 
-        overwrite = self.outputs.overwrite
-        written: list[Path] = []
-        try:
-            images.save_image(main, plan.image, overwrite=overwrite)
-            written.append(plan.image)
-            if plan.compare is not None and compare is not None:
-                images.save_image(
-                    images.image_grid(compare[0], compare[1]), plan.compare, overwrite=overwrite
-                )
-                written.append(plan.compare)
-            for path, x in zip(plan.intermediates, intermediates, strict=True):
-                images.save_image(x, path, overwrite=overwrite)
-                written.append(path)
-            document = doc()
-            write_manifest(plan.sidecar, document, overwrite=overwrite)
-            written.append(plan.sidecar)
-        except BaseException:
-            for p in written:
-                with contextlib.suppress(OSError):
-                    p.unlink()
-            raise
-        self.results.append(ImageResult(inp.path, plan, metrics, document))
+        document = doc()
+        files: list[tuple[Path, Callable[[Path], object]]] = [
+            (plan.image, lambda p: images.save_image(main, p, overwrite=True))
+        ]
+        if plan.compare is not None and compare is not None:
+            panels, labels = compare
+            files.append(
+                (plan.compare, lambda p: images.save_image(images.image_grid(panels, labels), p, overwrite=True))
+            )
+        for path, x in zip(plan.intermediates, intermediates, strict=True):
+            files.append((path, lambda p, x=x: images.save_image(x, p, overwrite=True)))
+        files.append((plan.sidecar, lambda p: write_manifest(p, document, overwrite=True)))
+        write_together(files, overwrite=self.outputs.overwrite)
+        result = ImageResult(inp.path, plan, metrics, document)
+        self.results.append(result)
+        self.reporter.emit(Event("output", data={"result": result}))
 
     def report(self, models: Sequence[LoadedModel]) -> RunReport:
         return RunReport(

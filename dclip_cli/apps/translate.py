@@ -76,15 +76,16 @@ def translate_images(
     sampling, outputs, auto = config.sampling, config.outputs, config.auto
     session = session or Session(config.runtime, progress=progress)
 
-    inputs = prepare_inputs(session, paths, domain)
+    inputs = prepare_inputs(session, paths, domain, edits=[to] if to is not None else [])
     preset = inputs.preset
     target = parse_target(preset, to, src) if to is not None else None
+    tag = "translate" if target is None else f"translate-{target.tag}"
     plans = plan_images(
-        [inp.path for inp in inputs.images], "translate" if target is None else f"translate-{target.tag}",
+        [inp.path for inp in inputs.images], tag,
         outputs.output, compare=outputs.compare, intermediates=iterations if save_intermediates else 0,
         overwrite=outputs.overwrite,
     )  # fmt: skip
-    run = Run(session, "translate", inputs, plans, outputs)
+    run = Run(session, "translate", inputs, plans, outputs, salt=tag)
     edit_t0 = [target.t0] if target is not None else []
     settings = resolve_sampling(preset, sampling, t0=resolve_t0(preset, requested=sampling.t0, edits=edit_t0))
 
@@ -117,7 +118,8 @@ def translate_images(
     fast_base = session.fast(base.model)
     for batch in run.batches():
         x0 = batch.x0
-        generator = settings.generators(session.device, x0)  # per image: independent of the batching
+        # per image, from --seed, the input's content and the run (independent of the batching)
+        generator = settings.image_generators(session.device, batch.keys, f"{tag}/projection")
         rounds: list[Any] = []
         x = x0
         with batch.timings.measure("translation"), torch.no_grad():
@@ -130,11 +132,11 @@ def translate_images(
         x_proj = x_out = x
         if target is not None and edit_model is not None:
             with batch.timings.measure("inversion"):
-                x_lat, _ = run.invert(base, x_proj, settings, need_rec=False, use_cache=False)
+                x_lat, _ = run.invert(base, x_proj, settings, batch, need_rec=False, use_cache=False)
             fast_edit = session.fast(edit_model.model)
             eps_model = fast_edit if strength == 1.0 else blend(fast_base, fast_edit, strength)
             with batch.timings.measure("generation"):
-                x_out = run.generate(eps_model, x_lat, settings)
+                x_out = run.generate(eps_model, x_lat, settings, batch)
         with batch.timings.measure("metrics"):
             if target is not None:
                 rows = compute_metrics(metric_models, x_src=x_proj, x_edit=x_out, src_text=target.src,

@@ -130,11 +130,26 @@ def run_and_render(
     ctx: typer.Context, run: RunSettings, app: Callable[..., Any], *args: Any, title: str, **kwargs: Any
 ) -> None:
     """Run an editing application (``edit_images``, ``mix_images``, ``translate_images``) with the command's
-    settings under the progress display, then print its outputs and metrics (:func:`render_report`)."""
+    settings under the progress display, then print its outputs and metrics (:func:`render_report`).
+
+    Interrupted (Ctrl-C), it still prints the outputs completed so far on stdout, so a script keeps track of them.
+    """
     from dclip_cli.cli.display import Display
-    from dclip_cli.cli.report import render_report, start_run
+    from dclip_cli.cli.report import print_results, render_report, start_run
+    from dclip_cli.progress import Event
 
     start_run(ctx, run.quiet)
-    with Display() as display:
-        report = app(*args, config=run.config, progress=display, **kwargs)
+    done: list[Any] = []
+    try:
+        with Display() as display:
+
+            def progress(event: Event) -> None:
+                if event.kind == "output":
+                    done.append(event.data["result"])
+                display(event)
+
+            report = app(*args, config=run.config, progress=progress, **kwargs)
+    except KeyboardInterrupt:
+        print_results(done, as_json=run.as_json)
+        raise
     render_report(report, as_json=run.as_json, title=title)
