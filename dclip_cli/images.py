@@ -12,10 +12,10 @@ Library code never prints: warnings for the caller travel in the ``info["warning
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -148,20 +148,16 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
 
 
 def _too_large(p: Path, exc: Exception) -> ImageError:
-    size = ""
-    with contextlib.suppress(Exception):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                with Image.open(p) as probe:  # reads the header only
-                    w, h = probe.size
-            finally:
-                Image.MAX_IMAGE_PIXELS = limit
-            size = f" ({w}x{h} pixels, {w * h / 1e6:.0f} megapixels)"
-    limit = f" (more than {Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels)" if Image.MAX_IMAGE_PIXELS else ""
+    # Pillow says "Image size (N pixels) exceeds limit of M pixels ..."
+    counts = [int(n) for n in re.findall(r"(\d+) pixels", str(exc))]
+    limit = Image.MAX_IMAGE_PIXELS or (counts[1] if len(counts) > 1 else None)
+    what = (
+        f"has {counts[0] / 1e6:.0f} megapixels, more than the {limit / 1e6:.0f} megapixels dclip opens safely"
+        if counts and limit
+        else "is too large to open safely"
+    )
     return ImageError(
-        f"The image {p}{size} is too large to open safely{limit}.",
+        f"The image {p} {what}.",
         hint="Downscale the image (a few megapixels are plenty; the models work at 256x256) and try again.",
     )
 

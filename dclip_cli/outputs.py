@@ -259,7 +259,8 @@ def write_together(
     for dest, _ in files:
         if dest.exists() and not overwrite:
             raise OutputExistsError(
-                f"{dest} already exists.", hint="Pass --overwrite to replace it, or choose another output with -o."
+                f"{dest} already exists.",
+                hint="Pass --overwrite to replace it, or choose another output with -o.",
             )
     temps: list[Path] = []
     try:
@@ -276,9 +277,11 @@ def write_together(
             write(tmp)
             if not tmp.is_file():
                 raise OutputError(f"Nothing was written for {dest}.")
-        for (dest, _), tmp in zip(files, temps, strict=True):
+        for dest, _ in files:
             if dest.exists() and not overwrite:
-                raise OutputExistsError(f"{dest} appeared while dclip was writing it.", hint="Pass --overwrite.")
+                raise OutputExistsError(
+                    f"{dest} appeared while dclip was writing it.", hint="Pass --overwrite."
+                )
         for (dest, _), tmp in zip(files, temps, strict=True):
             os.replace(tmp, dest)
     finally:
@@ -311,7 +314,9 @@ def plan_latents(
             plans.append((out_file, out_file.with_name(stem + RECON_SUFFIX)))
         else:
             folder = out_dir if out_dir is not None else src.parent
-            plans.append((child_path(folder, src.stem + LATENT_SUFFIX), child_path(folder, src.stem + RECON_SUFFIX)))
+            plans.append(
+                (child_path(folder, src.stem + LATENT_SUFFIX), child_path(folder, src.stem + RECON_SUFFIX))
+            )
     claim(
         [(src, plan) for src, plan in zip(inputs, plans, strict=True)], overwrite=overwrite,
         again="invert them into different -o directories",

@@ -149,7 +149,9 @@ class SamplingSettings:
         it is in, its position there, the number of processes, or the last bits of a computed latent."""
         import torch
 
-        return [torch.Generator(device=device).manual_seed(image_seed(self.seed, k, salt)) for k in image_keys]
+        return [
+            torch.Generator(device=device).manual_seed(image_seed(self.seed, k, salt)) for k in image_keys
+        ]
 
 
 def image_seed(seed: int, image_key: str, salt: str) -> int:

@@ -135,7 +135,9 @@ def edit_images(
     for batch in run.batches():
         x0 = batch.x0
         with batch.timings.measure("inversion"):
-            x_lat, x_rec = run.invert(base, x0, settings, batch, need_rec=need_rec, latent=lat.x if lat else None)
+            x_lat, x_rec = run.invert(
+                base, x0, settings, batch, need_rec=need_rec, latent=lat.x if lat else None
+            )
         edits: list[Any] = []
         with batch.timings.measure("generation"):
             for s in strengths:

@@ -143,7 +143,9 @@ def mix_images(
     for batch in run.batches():
         x0 = batch.x0
         with batch.timings.measure("inversion"):
-            x_lat, x_rec = run.invert(base, x0, settings, batch, need_rec=need_rec, latent=lat.x if lat else None)
+            x_lat, x_rec = run.invert(
+                base, x0, settings, batch, need_rec=need_rec, latent=lat.x if lat else None
+            )
         with batch.timings.measure("generation"):
             x_mix = run.generate(mixed, x_lat, settings, batch)
         with batch.timings.measure("metrics"):

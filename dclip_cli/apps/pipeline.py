@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -201,12 +202,15 @@ class Run:
         import torch
 
         from dclip_cli.diffusion.ddim import invert
+        from dclip_cli.manifest import numerics_record
 
         session = self.session
         fast_base = session.fast(base.model)
         if latent is not None:
             x_lat = latent.to(session.device)
-            return x_lat, (self.generate(fast_base, x_lat, settings, batch, RECONSTRUCTING) if need_rec else None)
+            return x_lat, (
+                self.generate(fast_base, x_lat, settings, batch, RECONSTRUCTING) if need_rec else None
+            )
         n = x0.shape[0]
         same = settings.n_gen_steps == settings.n_inv_steps and settings.eta == 0
         cache = None
@@ -250,6 +254,7 @@ class Run:
                     cache.put(
                         x0[i : i + 1].detach().cpu(), key, settings.t0, settings.n_inv_steps, x_lat[i : i + 1],
                         x_rec[i : i + 1] if keep_rec and x_rec is not None else None,
+                        metadata={"numerics": numerics_record(session.device, session.precision_name())},
                     )  # fmt: skip
         return x_lat, x_rec
 
@@ -269,7 +274,7 @@ class Run:
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The sidecar document of one input: the command's ``settings`` after the shared ones."""
-        from dclip_cli.manifest import build_manifest, input_record
+        from dclip_cli.manifest import build_manifest, input_record, numerics_record
 
         session = self.session
         detection = self.inputs.detection
@@ -322,6 +327,7 @@ class Run:
             metrics=metrics,
             device=str(session.device),
             extra=extra or {},
+            numerics=numerics_record(session.device, session.precision_name()),
         )
 
     def write(
@@ -351,10 +357,13 @@ class Run:
         if plan.compare is not None and compare is not None:
             panels, labels = compare
             files.append(
-                (plan.compare, lambda p: images.save_image(images.image_grid(panels, labels), p, overwrite=True))
+                (
+                    plan.compare,
+                    lambda p: images.save_image(images.image_grid(panels, labels), p, overwrite=True),
+                )
             )
         for path, x in zip(plan.intermediates, intermediates, strict=True):
-            files.append((path, lambda p, x=x: images.save_image(x, p, overwrite=True)))
+            files.append((path, partial(_save_image, x)))
         files.append((plan.sidecar, lambda p: write_manifest(p, document, overwrite=True)))
         write_together(files, overwrite=self.outputs.overwrite)
         result = ImageResult(inp.path, plan, metrics, document)
@@ -365,3 +374,9 @@ class Run:
         return RunReport(
             self.results, self.inputs.failed, self.preset.name, self.inputs.detection, list(models)
         )
+
+
+def _save_image(x: Any, path: Path) -> None:
+    from dclip_cli import images
+
+    images.save_image(x, path, overwrite=True)

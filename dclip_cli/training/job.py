@@ -9,8 +9,6 @@ per-epoch previews on held-out samples and resumable state in a run folder, and 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +29,14 @@ from dclip_cli.textedit import TextEdit
 from dclip_cli.training.config import FinetuneConfig
 from dclip_cli.training.data import TrainingData, cached_samples, invert_training_images, load_training_images
 from dclip_cli.training.loop import LossFn, StepInfo, TrainingState, finetune, model_device
+from dclip_cli.training.records import (  # noqa: F401 - importable from here too
+    artifact_metadata,
+    default_run_dir,
+    numerics_record,
+    run_fingerprint,
+    weights_sha256,
+)
+from dclip_cli.training.safety import edit_locks, finish_failed, reusable_artifact
 
 DEFAULT_CLIP_MODEL = "ViT-B/16"
 STATE_FILE = "state.pt"
@@ -52,6 +58,8 @@ class PairResult:
         previews: preview images written.
         resumed_from: epochs skipped because ``resume`` found them finished.
         model: the fine-tuned model when ``return_models`` was set, else ``None``.
+        reused: the artifacts were made by another process while this one waited for the edit's lock (nothing
+            was trained).
     """
 
     pair: TextEdit
@@ -63,6 +71,7 @@ class PairResult:
     previews: list[Path] = field(default_factory=list)
     resumed_from: int = 0
     model: nn.Module | None = None
+    reused: bool = False
 
 
 @dataclass
@@ -92,71 +101,6 @@ class FinetuneResult:
     @property
     def artifacts(self) -> list[Path]:
         return [p for r in self.pairs for p in r.artifacts]
-
-
-def run_fingerprint(
-    *, preset: str, base_sha256: str, pair: TextEdit, config: FinetuneConfig, image_keys: Sequence[str]
-) -> str:
-    """A hash of everything that determines a run except the number of epochs (so ``--resume`` can extend one)."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "n_gen_steps")}
-    doc = {
-        "preset": preset,
-        "base_sha256": base_sha256,
-        "src_text": pair.src,
-        "trg_text": pair.trg,
-        "settings": settings,
-        "images": list(image_keys),
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def default_run_dir(preset: str, pair: TextEdit, fingerprint: str) -> Path:
-    """``<data_dir>/runs/<preset>-<key>-<fingerprint[:10]>``."""
-    from dclip_cli.checkpoints.cache import data_dir
-
-    return data_dir() / "runs" / f"{preset}-{pair.key}-{fingerprint[:10]}"
-
-
-def artifact_metadata(
-    *,
-    preset: str,
-    pair: TextEdit,
-    config: FinetuneConfig,
-    base_checkpoint: str,
-    base_sha256: str,
-    clip_model: str,
-    n_images: int,
-    model: nn.Module | None = None,
-) -> dict[str, Any]:
-    """The provenance stored in an artifact (see :mod:`dclip_cli.artifacts`)."""
-    meta: dict[str, Any] = {
-        "preset": preset,
-        "edit": pair.key,
-        "base_checkpoint": base_checkpoint,
-        "base_sha256": base_sha256,
-        "src_text": pair.src,
-        "trg_text": pair.trg,
-        "t0": config.t0,
-        "n_inv_steps": config.n_inv_steps,
-        "n_train_steps": config.n_train_steps,
-        "n_gen_steps": config.n_gen_steps,
-        "mode": config.mode,
-        "loss_weights": config.loss_weights(),
-        "lr": config.lr,
-        "lr_gamma": config.lr_gamma,
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "eta": config.eta,
-        "seed": config.seed,
-        "precision": config.precision,
-        "checkpointing": config.checkpointing,
-        "clip_model": clip_model,
-        "n_train_images": n_images,
-    }
-    if model is not None:
-        meta["arch"] = getattr(model, "arch", None)
-        meta["arch_config"] = getattr(model, "config", None)
-    return meta
 
 
 def _save_preview(
@@ -261,6 +205,7 @@ def run_finetune(
     resume: bool = False,
     n_preview: int = 4,
     return_models: bool = False,
+    origin: str = "finetune",
     progress: Reporter | ProgressCallback | None = None,
 ) -> FinetuneResult:
     """Fine-tune one or more edits of a preset from its base model and save each as an artifact.
@@ -293,6 +238,8 @@ def run_finetune(
         resume: continue from the last finished epoch saved in the run folder.
         n_preview: held-out samples previewed after each epoch (0: none).
         return_models: keep each fine-tuned model in its :class:`PairResult`.
+        origin: recorded in the artifacts: ``finetune`` (trained on purpose) or ``auto`` (on the fly by an edit;
+            such an artifact never takes the place of an official model).
         progress: receives :class:`~dclip_cli.progress.Event` records: ``info``, ``warning``, ``download``,
             ``progress`` (``data["phase"]`` load/sample/invert), ``pair_start`` (``data``: ``pair``, ``index``,
             ``pairs``, ``config``, ``run_dir``, ``start_epoch``), ``step`` (``data``: the
@@ -304,11 +251,16 @@ def run_finetune(
     Returns:
         A :class:`FinetuneResult`.
 
+    Fine-tunes of the same edit of a preset run one at a time (:func:`dclip_cli.training.safety.edit_locks`): a
+    second run waits, then reuses what the first saved where it was going to save (``PairResult.reused``), or, with
+    ``overwrite``, trains after it.
+
     Raises:
         ConfigError, UnknownEditError, ImageError, CheckpointError, OutputExistsError: as their names say; output
         clashes are detected before any work starts.
+        TrainingDivergedError: the loss or the weights became NaN or infinite (no artifact is saved; the state of
+            the last finished epoch stays in the run folder, whose ``run.json`` says ``diverged``).
     """
-    from dclip_cli.device import resolve_device
     from dclip_cli.images import expand_inputs
     from dclip_cli.outputs import plan_artifacts
     from dclip_cli.presets.manager import get_registry
@@ -337,6 +289,55 @@ def run_finetune(
         preset.name, text_pairs, [c.t0 for c in configs], output=output,
         library=output is None if library is None else library, library_names=library_names, overwrite=overwrite,
     )  # fmt: skip
+    with edit_locks(preset.name, [p.key for p in text_pairs], reporter):
+        reused = [
+            reusable_artifact(dests, pair, base_sha256=base_sha256, t0=cfg.t0, overwrite=overwrite)
+            for pair, cfg, dests in zip(text_pairs, configs, destinations, strict=True)
+        ]
+        if all(paths is not None for paths in reused):  # another process made them all while this one waited
+            pairs_done = [
+                _reused(p, c, paths or [], reporter)
+                for p, c, paths in zip(text_pairs, configs, reused, strict=True)
+            ]
+            base = base_checkpoint or preset.checkpoint
+            return FinetuneResult(
+                preset.name, base, base_sha256 or "", pairs_done, 0, 0, 0, time.perf_counter() - started
+            )
+        return _run(
+            preset, text_pairs, configs, destinations, files, n_samples, reporter, started, clip_loss=clip_loss,
+            clip_model=clip_model, device=device, checkpoint=checkpoint, base_model=base_model,
+            base_checkpoint=base_checkpoint, base_sha256=base_sha256, n_preview=n_preview, run_dir=run_dir,
+            resume=resume, save_dtype=save_dtype, overwrite=overwrite, return_models=return_models, origin=origin,
+        )  # fmt: skip
+
+
+def _run(
+    preset: Preset,
+    text_pairs: Sequence[TextEdit],
+    configs: Sequence[FinetuneConfig],
+    destinations: Sequence[Sequence[ArtifactDest]],
+    files: Sequence[Path],
+    n_samples: int,
+    reporter: Reporter,
+    started: float,
+    *,
+    clip_loss: LossFn | None,
+    clip_model: str,
+    device: str | torch.device | None,
+    checkpoint: str | os.PathLike[str] | None,
+    base_model: nn.Module | None,
+    base_checkpoint: str | None,
+    base_sha256: str | None,
+    n_preview: int,
+    run_dir: str | os.PathLike[str] | None,
+    resume: bool,
+    save_dtype: str,
+    overwrite: bool,
+    return_models: bool,
+    origin: str,
+) -> FinetuneResult:
+    """:func:`run_finetune` once its settings are checked, its outputs planned and the edits' locks held."""
+    from dclip_cli.device import resolve_device
 
     # 1. the losses first (a missing identity model or CLIP file fails before any long work)
     if base_model is not None and device is None:
@@ -351,7 +352,7 @@ def run_finetune(
 
         model, base_name = base_model, base_checkpoint or preset.checkpoint
         # the latent cache and the artifact need an identity for the base: its file hash, else its weights' hash
-        base_sha = base_sha256_of(model, base_sha256) or _weights_sha256(model)
+        base_sha = base_sha256_of(model, base_sha256) or weights_sha256(model)
     else:
         from dclip_cli.store import load_base
 
@@ -379,7 +380,7 @@ def run_finetune(
         preset=preset, model=model, base_name=base_name, base_sha=base_sha, clip_model=clip_model, losses=losses,
         reporter=reporter, n_pairs=len(text_pairs),
         run_dir=Path(run_dir).expanduser() if run_dir is not None else None, resume=resume, save_dtype=save_dtype,
-        overwrite=overwrite, return_models=return_models,
+        overwrite=overwrite, return_models=return_models, origin=origin, n_photos=len(files),
     )  # fmt: skip
     data: dict[tuple[int, int], tuple[TrainingData, TrainingData]] = {}
     hits = misses = 0
@@ -394,7 +395,11 @@ def run_finetune(
             misses += len(keys) + len(preview_keys) - train.cache_hits - preview.cache_hits
             data[(cfg.t0, cfg.n_inv_steps)] = (train, preview)
         train, preview = data[(cfg.t0, cfg.n_inv_steps)]
-        result = job.train_pair(index, pair, cfg, dests, train, preview)
+        reuse = reusable_artifact(dests, pair, base_sha256=base_sha, t0=cfg.t0, overwrite=overwrite)
+        if reuse is not None:  # another process saved this edit while this one waited for its lock
+            result = _reused(pair, cfg, reuse, reporter)
+        else:
+            result = job.train_pair(index, pair, cfg, dests, train, preview)
         results.append(result)
         reporter.emit(Event("pair_end", message="", data={"index": index, "result": result}))
 
@@ -408,6 +413,14 @@ def run_finetune(
         cache_misses=misses,
         seconds=time.perf_counter() - started,
     )
+
+
+def _reused(pair: TextEdit, cfg: FinetuneConfig, paths: Sequence[Path], reporter: Reporter) -> PairResult:
+    """The result of an edit another process fine-tuned while this one waited for its lock."""
+    reporter.info(
+        f"Another dclip process fine-tuned {pair.key} meanwhile: reusing {', '.join(map(str, paths))}."
+    )
+    return PairResult(pair, cfg, list(paths), paths[0].parent, {}, 0.0, reused=True)
 
 
 def _training_images(
@@ -472,6 +485,8 @@ class _Job:
     save_dtype: str
     overwrite: bool
     return_models: bool
+    origin: str = "finetune"
+    n_photos: int = 0
 
     def train_pair(
         self,
@@ -566,24 +581,34 @@ class _Job:
             tuned.load_state_dict(state["model"])
             tuned.eval()
         else:
-            tuned = finetune(
-                self.model,
-                train.x0,
-                train.x_lat,
-                src_text=pair.src,
-                trg_text=pair.trg,
-                config=cfg,
-                callback=on_step,
-                on_epoch_end=on_epoch_end,
-                resume=state,
-                **self.losses,
-            )
+            try:
+                tuned = finetune(
+                    self.model,
+                    train.x0,
+                    train.x_lat,
+                    src_text=pair.src,
+                    trg_text=pair.trg,
+                    config=cfg,
+                    callback=on_step,
+                    on_epoch_end=on_epoch_end,
+                    resume=state,
+                    **self.losses,
+                )
+            except BaseException as exc:
+                finish_failed(run.doc, exc, folder)  # run.json no longer says "training"
+                run.write_doc()
+                raise
         del state
 
         meta = artifact_metadata(
             preset=self.preset.name, pair=pair, config=cfg, base_checkpoint=self.base_name,
             base_sha256=self.base_sha, clip_model=self.clip_model, n_images=len(train.keys), model=self.model,
         )  # fmt: skip
+        meta.update(origin=self.origin, n_photos=self.n_photos, n_samples=len(train.keys) - self.n_photos)
+        dev = model_device(self.model)
+        meta["numerics"] = numerics_record(
+            dev, precision_name(resolve_precision(cfg.precision, dev, training=True))
+        )
         written = []
         for dest in dests:
             written.append(
@@ -693,12 +718,3 @@ def _announce_estimate(
         dtype=resolve_precision(cfg.precision, device, training=True), device=device,
         advice="A GPU is much faster.",
     )  # fmt: skip
-
-
-def _weights_sha256(model: nn.Module) -> str:
-    """SHA-256 over a model's state dict (names, shapes and float32 bytes), for bases not loaded from a file."""
-    h = hashlib.sha256()
-    for name, value in model.state_dict().items():
-        h.update(name.encode("utf-8"))
-        h.update(tensor_sha256(value).encode("ascii"))
-    return h.hexdigest()

@@ -38,7 +38,7 @@ from torch import nn
 
 from dclip_cli.diffusion.ddim import ddim_step, timestep_tensor
 from dclip_cli.diffusion.schedule import alpha_bar, generation_pairs
-from dclip_cli.errors import ConfigError
+from dclip_cli.errors import ConfigError, TrainingDivergedError
 from dclip_cli.precision import (
     optimize_model,
     resolve_checkpointing,
@@ -203,6 +203,7 @@ def finetune(
             ``total``; ``None`` for the forward steps of the original mode before its loss) and ``lr``. It may
             raise ``KeyboardInterrupt`` to stop.
         should_stop: polled after every optimizer step; returning True raises ``KeyboardInterrupt``.
+            Before that, every optimizer step checks that the loss and the weights are finite.
         on_epoch_end: called with a :class:`TrainingState` after each finished epoch (used to save resumable
             state); the scheduler has already been stepped.
         resume: a :meth:`TrainingState.state_dict` to continue from (its finished epochs are skipped).
@@ -212,6 +213,8 @@ def finetune(
 
     Raises:
         ConfigError: the inputs do not fit, or a weighted loss has no loss function.
+        TrainingDivergedError: the loss or the weights became NaN or infinite (raised at that optimizer step,
+            before ``on_epoch_end`` could see the damaged weights).
         KeyboardInterrupt: from ``callback`` or ``should_stop``; nothing is written by this function.
     """
     if config.id_weight > 0 and id_loss is None:
@@ -321,11 +324,31 @@ class _StepTracker:
     def start_epoch(self) -> None:
         self.sums, self.count = {}, 0
 
+    def check_finite(self, info: StepInfo) -> None:
+        """Stop with :class:`TrainingDivergedError` when the step's loss or the updated weights are not finite."""
+        losses = info.get("losses") or {}
+        bad_terms = [k for k, v in losses.items() if not math.isfinite(v)]
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        weights_ok = (
+            bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()) if params else True
+        )
+        if not bad_terms and weights_ok:
+            return
+        what = f"the loss ({', '.join(bad_terms)}) became" if bad_terms else "the weights became"
+        lr = self.optimizer.param_groups[0]["lr"]
+        raise TrainingDivergedError(
+            f"Fine-tuning diverged: {what} NaN or infinite at epoch {self.base.get('epoch', 0) + 1}, batch "
+            f"{self.base.get('batch', 0) + 1}, step {info['step']} (learning rate {lr:g}).",
+            hint="Lower the learning rate (--lr); no artifact was saved.",
+        )
+
     def means(self) -> dict[str, float]:
         return {k: v / max(self.count, 1) for k, v in self.sums.items()}
 
     def __call__(self, info: StepInfo) -> None:
         losses = info.get("losses")
+        if info["optimizer_step"]:
+            self.check_finite(info)
         if losses is not None:
             self.count += 1
             for k, v in losses.items():
