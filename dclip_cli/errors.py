@@ -120,3 +120,7 @@ class NonFiniteWeightsError(CheckpointError):
 
 class TrainingDivergedError(NonFiniteError):
     """Fine-tuning was stopped because its loss or the weights became NaN or infinite."""
+
+
+class NotConfirmedError(DclipError):
+    """A long run (or one doing more than asked, such as a new fine-tune) needed a confirmation it did not get."""

@@ -15,6 +15,7 @@ from typing import Any
 from dclip_cli.apps.config import (
     RunConfig,
     check_strength,
+    choose_metrics,
     resolve_sampling,
     resolve_t0,
 )
@@ -23,6 +24,7 @@ from dclip_cli.apps.pipeline import GENERATING, INVERTING, RECONSTRUCTING, Run, 
 from dclip_cli.apps.resolve import resolve_edit_model
 from dclip_cli.apps.session import Session
 from dclip_cli.errors import ConfigError
+from dclip_cli.estimate import GPU_CHOICE
 from dclip_cli.progress import ProgressCallback, Reporter
 
 
@@ -101,12 +103,24 @@ def edit_images(
         inv_steps=lat_steps,
     )  # fmt: skip
 
-    # 3. the models (the edit model may decide t0)
+    # 3. the metric networks first: a metric asked for with --metrics that cannot be computed stops here
+    wanted, required = choose_metrics(outputs.metrics, preset, reconstruction=outputs.compare or bool(sweep))
+    with run.timings.measure("model"):
+        metric_models = session.metric_models(preset, wanted, required=required)
+    run.metric_names = metric_models.computed(wanted)
+    need_rec = "psnr" in run.metric_names or outputs.compare or bool(sweep)
+
+    # 4. the models (the edit model may decide t0; a fine-tune on the fly estimates its time with the edit's)
+    n_img = len(inputs.images)
+    per_image = (provisional.n_inv_steps - 1 if lat is None else 0) + provisional.n_gen_steps * (
+        len(strengths) + need_rec
+    )
     with run.timings.measure("model"):
         base = session.base(preset)
         edit_model = resolve_edit_model(
             session, preset, target, provisional, model=model, auto=auto,
             finetune_images=[inp.path for inp in inputs.images],
+            then=(per_image * n_img, f"then inverting and editing {n_img} image(s)"),
         )  # fmt: skip
     t0 = resolve_t0(preset, requested=sampling.t0, latent=lat_t0, models=[edit_model.t0], edits=[target.t0])
     settings = (
@@ -116,19 +130,21 @@ def edit_images(
     )
     if lat is not None:
         lat.check(base, settings, inputs.images[0], preset, session)
-    with run.timings.measure("model"):
-        metric_models = session.metric_models(preset, outputs.metrics)
-    need_rec = "psnr" in outputs.metrics or outputs.compare or bool(sweep)
 
-    # 4. invert, reconstruct, generate, score and write, batch by batch
+    # 5. invert, reconstruct, generate, score and write, batch by batch
     n = run.n_batches
+    inv_b, rec_b = run.uncached(base, settings, need_rec) if lat is None else (0, n * need_rec)
+    gen_calls = settings.n_gen_steps * n * len(strengths)
     run.plan(
         {
             INVERTING: (settings.n_inv_steps - 1) * n if lat is None else 0,
-            GENERATING: settings.n_gen_steps * n * len(strengths),
+            GENERATING: gen_calls,
             RECONSTRUCTING: settings.n_gen_steps * n if need_rec else 0,
         },
         base.model,
+        calls=(settings.n_inv_steps - 1) * inv_b + gen_calls + settings.n_gen_steps * rec_b,
+        what=f"{'inverting and ' if inv_b else ''}editing {n_img} image(s)",
+        choices=["fewer steps (--inv-steps 10 --steps 10)", GPU_CHOICE],
     )
     main_index = len(strengths) - 1
     fast_base, fast_edit = session.fast(base.model), session.fast(edit_model.model)
@@ -151,7 +167,7 @@ def edit_images(
                     x_edit=x_edit,
                     src_text=target.src,
                     trg_text=target.trg,
-                    x_rec=x_rec if "psnr" in outputs.metrics else None,
+                    x_rec=x_rec if "psnr" in run.metric_names else None,
                 )  # fmt: skip
                 for x_edit in edits
             ]

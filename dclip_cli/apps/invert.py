@@ -15,6 +15,7 @@ from typing import Any
 from dclip_cli.apps.config import RunConfig, Runtime, batches
 from dclip_cli.apps.session import Session
 from dclip_cli.errors import ConfigError, ImageError, NonFiniteError
+from dclip_cli.estimate import GPU_CHOICE
 from dclip_cli.progress import ProgressCallback, Reporter
 
 #: t0 and step count used with ``--checkpoint`` when no preset gives them (the original CLI's defaults)
@@ -160,9 +161,11 @@ def invert_images(
     n_images = len(files)
     chunks = batches(list(range(n_images)), runtime.batch_size)
     total = len(chunks) * (2 * n_steps - 1)
-    session.announce_estimate(
-        base.model, torch.cat([x for x, _ in prepared[: runtime.batch_size]]).to(session.device), total
-    )
+    session.check_time(
+        base.model, torch.cat([x for x, _ in prepared[: runtime.batch_size]]).to(session.device), infer_calls=total,
+        what=f"inverting and reconstructing {n_images} image(s)",
+        choices=[f"fewer steps (--steps 10; now {n_steps})", GPU_CHOICE],
+    )  # fmt: skip
     results: list[InvertedImage] = []
     for chunk in chunks:
         x0 = torch.cat([prepared[i][0] for i in chunk]).to(session.device)

@@ -114,6 +114,8 @@ class Run:
         self.started = time.perf_counter()
         self.results: list[ImageResult] = []
         self.totals: dict[str, int] = {}
+        #: the metrics this run computes (set by the application; recorded in the sidecars)
+        self.metric_names: list[str] = []
         self._batches = batches(list(zip(inputs.images, self.plans, strict=True)), session.runtime.batch_size)
 
     @property
@@ -130,11 +132,40 @@ class Run:
 
         return torch.cat([inp.x0 for inp, _ in self._batches[0]]).to(self.session.device)
 
-    def plan(self, totals: dict[str, int], model: Any) -> None:
-        """Set the number of UNet calls of each phase (by progress label) and, before a long CPU run, announce
-        the time estimate of them all, timed on ``model`` and the first batch."""
+    def plan(
+        self,
+        totals: dict[str, int],
+        model: Any,
+        *,
+        calls: int | None = None,
+        what: str = "",
+        choices: Sequence[str] = (),
+    ) -> None:
+        """Set the number of UNet calls of each phase (by progress label) and, before the run, estimate the time of
+        ``calls`` of them (default: all; leave out what the caches serve) from one warm call of ``model`` on the
+        first batch: say it, and ask (or stop) before a long run (:meth:`Session.check_time`; ``what`` and
+        ``choices`` word it)."""
         self.totals = {label: n for label, n in totals.items() if n}
-        self.session.announce_estimate(model, self.first_batch(), sum(self.totals.values()))
+        n_calls = sum(self.totals.values()) if calls is None else calls
+        self.session.check_time(model, self.first_batch(), infer_calls=n_calls, what=what, choices=choices)
+
+    def uncached(self, base: LoadedModel, settings: SamplingSettings, need_rec: bool) -> tuple[int, int]:
+        """``(batches to invert, batches to reconstruct)``: the batches of this run whose inversion (and, when
+        ``need_rec``, reconstruction) is not in the latent cache already (read from the cache files' headers)."""
+        if not base.sha256:
+            return self.n_batches, self.n_batches if need_rec else 0
+        from dclip_cli.checkpoints.cache import cache_dir
+        from dclip_cli.latents import LatentCache
+
+        cache = LatentCache(cache_dir() / "latents")
+        key = self.session.latent_key(str(base.sha256))
+        same = settings.n_gen_steps == settings.n_inv_steps and settings.eta == 0
+        inv = rec = 0
+        for items in self._batches:
+            found = [cache.has(inp.x0, key, settings.t0, settings.n_inv_steps) for inp, _ in items]
+            inv += not all(lat for lat, _ in found)
+            rec += need_rec and not (same and all(r for _, r in found))
+        return inv, rec
 
     def batches(self) -> Iterator[Batch]:
         import torch
@@ -298,7 +329,7 @@ class Run:
             "batch_size": session.runtime.batch_size,
             "precision": session.precision_name(),
             "clip_model": session.clip_model,
-            "metrics": list(self.outputs.metrics),
+            "metrics": list(self.metric_names),
             "device": str(session.device),
         }
         docs = [m if isinstance(m, dict) else m.record() for m in models]

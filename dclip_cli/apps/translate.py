@@ -18,6 +18,7 @@ from dclip_cli.apps.config import (
     AutoFinetune,
     RunConfig,
     check_strength,
+    choose_metrics,
     resolve_sampling,
     resolve_t0,
 )
@@ -26,6 +27,7 @@ from dclip_cli.apps.pipeline import GENERATING, INVERTING, PROJECTING, Run, RunR
 from dclip_cli.apps.resolve import resolve_edit_model
 from dclip_cli.apps.session import Session
 from dclip_cli.errors import ConfigError
+from dclip_cli.estimate import GPU_CHOICE
 from dclip_cli.progress import ProgressCallback, Reporter
 
 #: points of the projection's DDIM sequence in unseen-domain translation (hard-coded in the original, section 11.3)
@@ -89,7 +91,16 @@ def translate_images(
     edit_t0 = [target.t0] if target is not None else []
     settings = resolve_sampling(preset, sampling, t0=resolve_t0(preset, requested=sampling.t0, edits=edit_t0))
 
+    # the metric networks first (an explicit --metrics that cannot be computed stops here); translate has no
+    # reconstruction, so no PSNR
+    wanted, required = choose_metrics(outputs.metrics, preset, reconstruction=False, psnr_possible=False)
+    with run.timings.measure("model"):
+        metric_models = session.metric_models(preset, wanted, required=required)
+    run.metric_names = metric_models.computed(wanted)
+
     edit_model = None
+    n_img = len(inputs.images)
+    per_image = TRANSLATION_STEPS * iterations + settings.n_inv_steps - 1 + settings.n_gen_steps
     with run.timings.measure("model"):
         base = session.base(preset)
         if target is not None:
@@ -100,11 +111,11 @@ def translate_images(
                 settings,
                 model=model,
                 auto=AutoFinetune(auto.allowed, max(auto.samples, 1)),
+                then=(per_image * n_img, f"then translating {n_img} image(s)"),
             )
             t0 = resolve_t0(preset, requested=sampling.t0, models=[edit_model.t0], edits=edit_t0)
             if t0 != settings.t0:
                 settings = resolve_sampling(preset, sampling, t0=t0)
-        metric_models = session.metric_models(preset, outputs.metrics)
 
     n = run.n_batches
     run.plan(
@@ -114,6 +125,9 @@ def translate_images(
             GENERATING: settings.n_gen_steps * n if target is not None else 0,
         },
         base.model,
+        what=f"translating {n_img} image(s) in {iterations} rounds"
+        + (", then editing them" if target else ""),
+        choices=["fewer rounds (--iterations 4)", GPU_CHOICE],
     )
     fast_base = session.fast(base.model)
     for batch in run.batches():

@@ -7,8 +7,9 @@ model or fine-tuning; ``dclip models list|rm|import`` manage it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dclip_cli.checkpoints import cache
 
@@ -24,12 +25,19 @@ def is_plain_name(name: str) -> bool:
 
 
 def find_match(
-    preset: Preset, src_text: str, trg_text: str, *, base_sha256: str | None, t0: int
+    preset: Preset,
+    src_text: str,
+    trg_text: str,
+    *,
+    base_sha256: str | None,
+    t0: int | None,
+    accept: Callable[[dict[str, Any]], bool] | None = None,
 ) -> Path | None:
     """The newest artifact in the edit library made for this preset's base with these texts and this t0.
 
-    An artifact matches when its metadata records the same source and target text and the same t0, and was made
-    from the same base checkpoint (its SHA-256 when recorded, else the preset's checkpoint name).
+    An artifact matches when its metadata records the same source and target text and the same t0 (any t0 when
+    ``t0`` is ``None``), was made from the same base checkpoint (its SHA-256 when recorded, else the preset's
+    checkpoint name), and ``accept(metadata)`` is true when given.
     """
     from dclip_cli.artifacts import read_artifact
     from dclip_cli.errors import DclipError
@@ -45,7 +53,9 @@ def find_match(
         meta = info.metadata
         if meta.get("src_text") != src_text or meta.get("trg_text") != trg_text:
             continue
-        if meta.get("t0") is None or int(meta["t0"]) != t0:
+        if meta.get("t0") is None or (t0 is not None and int(meta["t0"]) != t0):
+            continue
+        if accept is not None and not accept(meta):
             continue
         art_sha = meta.get("base_sha256")
         if art_sha and base_sha256:

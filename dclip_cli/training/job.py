@@ -11,8 +11,9 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,21 @@ import torch
 from torch import nn
 
 from dclip_cli.errors import ConfigError
+from dclip_cli.estimate import LongRuns, check_finetune_time
 from dclip_cli.latents import tensor_sha256
 from dclip_cli.outputs import ArtifactDest
-from dclip_cli.precision import optimize_model, precision_name, resolve_checkpointing, resolve_precision
+from dclip_cli.precision import optimize_model, precision_name, resolve_precision
 from dclip_cli.presets.preset import Preset
 from dclip_cli.progress import Event, ProgressCallback, Reporter
 from dclip_cli.textedit import TextEdit
 from dclip_cli.training.config import FinetuneConfig
-from dclip_cli.training.data import TrainingData, cached_samples, invert_training_images, load_training_images
+from dclip_cli.training.data import (
+    TrainingData,
+    invert_training_images,
+    samples_to_draw,
+    training_images,
+    uncached_latents,
+)
 from dclip_cli.training.loop import LossFn, StepInfo, TrainingState, finetune, model_device
 from dclip_cli.training.records import (  # noqa: F401 - importable from here too
     artifact_metadata,
@@ -206,6 +214,8 @@ def run_finetune(
     n_preview: int = 4,
     return_models: bool = False,
     origin: str = "finetune",
+    estimate: bool = True,
+    long_runs: LongRuns | None = None,
     progress: Reporter | ProgressCallback | None = None,
 ) -> FinetuneResult:
     """Fine-tune one or more edits of a preset from its base model and save each as an artifact.
@@ -240,6 +250,8 @@ def run_finetune(
         return_models: keep each fine-tuned model in its :class:`PairResult`.
         origin: recorded in the artifacts: ``finetune`` (trained on purpose) or ``auto`` (on the fly by an edit;
             such an artifact never takes the place of an official model).
+        estimate: estimate the time first (leaving out cached samples and inversions), say it, and apply
+            ``long_runs`` (ask or stop before a long run; ``None``: start it).
         progress: receives :class:`~dclip_cli.progress.Event` records: ``info``, ``warning``, ``download``,
             ``progress`` (``data["phase"]`` load/sample/invert), ``pair_start`` (``data``: ``pair``, ``index``,
             ``pairs``, ``config``, ``run_dir``, ``start_epoch``), ``step`` (``data``: the
@@ -308,6 +320,7 @@ def run_finetune(
             clip_model=clip_model, device=device, checkpoint=checkpoint, base_model=base_model,
             base_checkpoint=base_checkpoint, base_sha256=base_sha256, n_preview=n_preview, run_dir=run_dir,
             resume=resume, save_dtype=save_dtype, overwrite=overwrite, return_models=return_models, origin=origin,
+            estimate=estimate, long_runs=long_runs,
         )  # fmt: skip
 
 
@@ -335,6 +348,8 @@ def _run(
     overwrite: bool,
     return_models: bool,
     origin: str,
+    estimate: bool,
+    long_runs: LongRuns | None,
 ) -> FinetuneResult:
     """:func:`run_finetune` once its settings are checked, its outputs planned and the edits' locks held."""
     from dclip_cli.device import resolve_device
@@ -366,14 +381,23 @@ def _run(
     infer_dtype = resolve_precision(configs[0].precision, dev)
     infer_model = model if infer_dtype is None else optimize_model(model, precision=infer_dtype)
     cache_sha = base_sha if infer_dtype is None else f"{base_sha}+{precision_name(infer_dtype)}"
-    _announce_estimate(
-        reporter, infer_model, preset, configs, len(files) + n_samples, n_samples + n_preview, dev
-    )
+    # the time estimate (asking before a long run) comes before any long work; when the samples are cached it
+    # comes after loading them, so that cached inversions are left out too
+    check_time = partial(check_finetune_time, reporter=reporter, model=infer_model, configs=configs, device=dev,
+                         long_runs=long_runs, n_images=len(files) + n_samples, n_preview=n_preview,
+                         image_size=preset.image_size)  # fmt: skip
+    n_draw = samples_to_draw(n_samples + n_preview, model_sha256=cache_sha, seed=configs[0].seed,
+                             n_steps=configs[0].n_gen_steps, batch_size=max(configs[0].batch_size, 4))  # fmt: skip
+    if estimate and n_draw:
+        check_time(n_draw=n_draw, n_invert=len(files) + n_samples + n_preview)
 
     # 3. the training images (photos and/or samples) and the held-out preview samples
-    x0_all, keys, x_preview = _training_images(preset, files, n_samples, n_preview, infer_model, cache_sha,
-                                                configs[0], reporter)  # fmt: skip
+    x0_all, keys, x_preview = training_images(preset, files, n_samples, n_preview, infer_model, cache_sha,
+                                               configs[0], reporter)  # fmt: skip
     preview_keys = [tensor_sha256(x) for x in x_preview]
+    if estimate and not n_draw:
+        todo = uncached_latents([*keys, *preview_keys], cache_sha, {(c.t0, c.n_inv_steps) for c in configs})
+        check_time(n_draw=0, n_invert=todo)
 
     # 4. each edit, from the base (section 8.1: weights, optimizer and scheduler reset per edit)
     job = _Job(
@@ -421,51 +445,6 @@ def _reused(pair: TextEdit, cfg: FinetuneConfig, paths: Sequence[Path], reporter
         f"Another dclip process fine-tuned {pair.key} meanwhile: reusing {', '.join(map(str, paths))}."
     )
     return PairResult(pair, cfg, list(paths), paths[0].parent, {}, 0.0, reused=True)
-
-
-def _training_images(
-    preset: Preset,
-    files: Sequence[Path],
-    n_samples: int,
-    n_preview: int,
-    model: Callable[..., Any],
-    cache_sha: str,
-    cfg: FinetuneConfig,
-    reporter: Reporter,
-) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """``(x0, keys, x_preview)``: the photos and ``n_samples`` samples to train on, ``n_preview`` held-out
-    samples to preview."""
-    x0_parts: list[torch.Tensor] = []
-    keys: list[str] = []
-    if files:
-        from dclip_cli.presets.manager import get_registry
-
-        reporter.info(f"Preparing {len(files)} training image(s)")
-        aligner = None
-        if preset.preprocess == "align" and preset.aligner:
-            aligner = get_registry().aligners.get(preset.aligner)
-            if aligner is None:
-                reporter.warn(f"The aligner {preset.aligner!r} is not installed; using centre crops.")
-        x_photos, photo_keys = load_training_images(files, preset, aligner, reporter)
-        x0_parts.append(x_photos)
-        keys.extend(photo_keys)
-    if n_samples + n_preview > 0:
-        drawn = cached_samples(
-            model,  # type: ignore[arg-type]
-            n_samples + n_preview,
-            model_sha256=cache_sha,
-            seed=cfg.seed,
-            n_steps=cfg.n_gen_steps,
-            batch_size=max(cfg.batch_size, 4),
-            reporter=reporter,
-        )
-        if n_samples:
-            x0_parts.append(drawn[:n_samples])
-            keys.extend(tensor_sha256(drawn[i : i + 1]) for i in range(min(n_samples, len(drawn))))
-        x_preview = drawn[n_samples:]
-    else:
-        x_preview = torch.zeros((0, 3, preset.image_size, preset.image_size))
-    return torch.cat(x0_parts), keys, x_preview
 
 
 @dataclass
@@ -692,29 +671,3 @@ class _RunFolder:
         self.state_path.unlink(missing_ok=True)
         self.doc.update(status="done", artifacts=[str(p) for p in artifacts])
         self.write_doc()
-
-
-def _announce_estimate(
-    reporter: Reporter,
-    model: Callable[..., torch.Tensor],
-    preset: Preset,
-    configs: Sequence[FinetuneConfig],
-    n_images: int,
-    n_drawn: int,
-    device: torch.device,
-) -> None:
-    """Before a long CPU run, time one UNet call and announce the estimate (cache hits make the run shorter)."""
-    if reporter.callback is None:
-        return
-    from dclip_cli.estimate import announce_estimate
-
-    cfg = configs[0]
-    inference = n_drawn * cfg.n_gen_steps + (n_images + n_drawn) * (2 * cfg.n_inv_steps - 1)
-    training = sum(c.epochs * n_images * c.n_train_steps for c in configs)
-    x = torch.zeros((1, 3, preset.image_size, preset.image_size), device=device)
-    announce_estimate(
-        reporter, model, x, infer_calls=inference, train_calls=training,
-        checkpointing=resolve_checkpointing(cfg.checkpointing, mode=cfg.mode),
-        dtype=resolve_precision(cfg.precision, device, training=True), device=device,
-        advice="A GPU is much faster.",
-    )  # fmt: skip
