@@ -26,9 +26,9 @@ def png(path: Path) -> np.ndarray:
 
 def _oracle_rounds(image: Path, rounds: int, t0: int, seed: int) -> list[np.ndarray]:
     """K rounds of x <- DDIM_6(sqrt(abar[t0]) x + sqrt(1 - abar[t0]) eps) with the base model (reference 11.3)."""
+    from dclip_cli.apps.config import image_seed
     from dclip_cli.diffusion.ddim import generate
     from dclip_cli.diffusion.schedule import alphas_cumprod
-    from dclip_cli.apps.config import image_seed
     from dclip_cli.fileio import sha256_file
     from dclip_cli.images import load_and_prepare, to_pil
 
