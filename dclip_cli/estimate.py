@@ -192,7 +192,7 @@ def check_estimate(
         reporter.info(f"Estimated time: {text}.")
     if long_runs is None or estimate.seconds <= long_runs.threshold:
         return False
-    limit = plain_duration(long_runs.threshold).removeprefix("about ")
+    limit = f"{long_runs.threshold / 60:.3g} min"
     faster = "; ".join(choices)
     if long_runs.ask is not None:
         question = f"This run takes {text}" + (f". Faster: {faster}" if faster else "") + ". Start it now?"
