@@ -220,6 +220,10 @@ def run_finetune(
 ) -> FinetuneResult:
     """Fine-tune one or more edits of a preset from its base model and save each as an artifact.
 
+    Fine-tunes of the same edit of a preset run one at a time (:func:`dclip_cli.training.safety.edit_locks`): a
+    second run waits, then reuses what the first saved where it was going to save (``PairResult.reused``), or, with
+    ``overwrite``, trains after it.
+
     Args:
         preset: a :class:`~dclip_cli.presets.preset.Preset` or its name.
         edits: named edits of the preset (their source/target texts and t₀), or :class:`TextEdit` records.
@@ -262,10 +266,6 @@ def run_finetune(
 
     Returns:
         A :class:`FinetuneResult`.
-
-    Fine-tunes of the same edit of a preset run one at a time (:func:`dclip_cli.training.safety.edit_locks`): a
-    second run waits, then reuses what the first saved where it was going to save (``PairResult.reused``), or, with
-    ``overwrite``, trains after it.
 
     Raises:
         ConfigError, UnknownEditError, ImageError, CheckpointError, OutputExistsError: as their names say; output
