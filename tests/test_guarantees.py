@@ -477,6 +477,50 @@ def test_interrupted_runs_print_the_outputs_already_completed(world, monkeypatch
     assert not world.image.with_name("second.pixar.png").exists()
 
 
+def test_interrupted_invert_and_finetune_print_what_they_completed(
+    world, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11.17, for the other commands: the latents of the images done, the artifacts of the edits done."""
+    import signal
+
+    from dclip_cli import latents
+    from dclip_cli.training import loop
+
+    second = write_image(world.root / "in" / "second.png", seed=3)
+    real_save = latents.save_latent
+    saved: list[Path] = []
+
+    def save_then_interrupt(path, *args, **kwargs):
+        real_save(path, *args, **kwargs)
+        saved.append(Path(path))
+        if len(saved) == 2:  # the second image's latent is being written (under its temporary name)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(latents, "save_latent", save_then_interrupt)
+    out = world.root / "lat"
+    inv = runner.invoke(
+        app, ["invert", str(world.image), str(second), "--domain", "tinyface", "-o", str(out)]
+    )
+    assert inv.exit_code == 130
+    assert inv.stdout.split() == [str(out / "photo.latent.safetensors"), str(out / "photo.recon.png")]
+    assert files(out) == {"photo.latent.safetensors", "photo.recon.png"}
+
+    real_finetune = loop.finetune
+
+    def second_edit_interrupted(*args, **kwargs):
+        if kwargs["trg_text"] == "old face":
+            raise KeyboardInterrupt
+        return real_finetune(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "finetune", second_edit_interrupted)
+    monkeypatch.setattr("dclip_cli.training.job.finetune", second_edit_interrupted)
+    tune = runner.invoke(app, ["finetune", "--domain", "tinyface", "--text", "young face", "--text", "old face",
+                               "--samples", "1", "--previews", "0", "--clip-model", str(world.clip), "-o",
+                               str(world.root / "tuned")])  # fmt: skip
+    assert tune.exit_code == 130
+    assert tune.stdout.split() == [str(world.root / "tuned" / "tinyface_young_face_t200.safetensors")]
+
+
 # --- 18. what the numbers depend on is recorded ------------------------------------------------------------------------
 
 
