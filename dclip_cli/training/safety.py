@@ -66,13 +66,21 @@ def edit_locks(preset: str, keys: Sequence[str], reporter: Reporter | None = Non
         for key in sorted(set(keys)):  # one order everywhere: no deadlock between two multi-edit runs
             lock = _lock(lock_path(preset, key))
             try:
-                lock.acquire(timeout=0)
-            except filelock.Timeout:
+                try:
+                    lock.acquire(timeout=0)
+                except filelock.Timeout:
+                    if reporter is not None:
+                        reporter.info(
+                            f"Waiting for another dclip process that is fine-tuning {preset}/{key} "
+                            f"(lock {lock.lock_file})."
+                        )
+                    lock.acquire()
+            except (OSError, NotImplementedError) as exc:  # a file system without locks: go on unserialized
                 if reporter is not None:
-                    reporter.info(
-                        f"Waiting for another dclip process that is fine-tuning {preset}/{key} (lock {lock.lock_file})."
+                    reporter.warn(
+                        f"Could not lock {lock.lock_file} ({exc}); fine-tuning without waiting for others."
                     )
-                lock.acquire()
+                continue
             held.append(lock)
         yield
     finally:
