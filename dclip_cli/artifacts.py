@@ -12,7 +12,10 @@ are strings there)::
 The JSON holds: ``dclip_version``, ``created``, ``dtype``, ``base_checkpoint`` and ``base_sha256``, ``arch`` and
 ``arch_config``, ``src_text`` and ``trg_text``, ``t0``, ``n_inv_steps``, ``n_train_steps``, ``n_gen_steps``, ``mode``,
 ``loss_weights``, ``lr``, ``lr_gamma``, ``epochs``, ``batch_size``, ``eta``, ``seed``, ``clip_model`` and the number
-of training images, plus anything else the caller adds.
+of training images (``n_train_images``, of which ``n_photos`` photos and ``n_samples`` drawn samples), ``origin``
+(``finetune``: trained on purpose; ``auto``: fine-tuned on the fly by an edit) and ``numerics`` (what the weights'
+numbers depend on: torch version, device, precision, CPU threads of low-precision CPU runs), plus anything else the
+caller adds.
 
 An official fine-tuned checkpoint (section 15.4) is a plain fp32 state dict of the base architecture; its t₀ is
 read from the ``_t{t0}`` part of the file name (``human_pixar_t601.pth`` -> 601), as the original ``predict.py``

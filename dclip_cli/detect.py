@@ -28,7 +28,8 @@ class Detection:
         preset: name of the most likely preset.
         confidence: its probability (1.0 when only one preset is installed).
         scores: every preset's probability, highest first.
-        method: ``"clip"`` (zero-shot), ``"only-preset"`` or ``"requested"`` (``--domain``).
+        method: ``"clip"`` (zero-shot), ``"only-preset"``, ``"edit"`` (the only preset with the named edit asked
+            for) or ``"requested"`` (``--domain``).
     """
 
     preset: str
@@ -40,6 +41,8 @@ class Detection:
         """One line for the user: which domain, and how sure."""
         if self.method == "only-preset":
             return f"domain {self.preset} (the only installed preset)"
+        if self.method == "edit":
+            return f"domain {self.preset} (the only preset with this edit)"
         if self.method == "requested":
             return f"domain {self.preset}"
         others = ", ".join(f"{k} {v:.0%}" for k, v in list(self.scores.items())[1:3])

@@ -112,3 +112,19 @@ class DeviceError(DclipError, RuntimeError):
 
 class DomainDetectionError(DclipError):
     """The image's domain could not be detected with confidence."""
+
+
+class NonFiniteError(DclipError, ArithmeticError):
+    """A result, a loss or weights hold NaN or infinite values (nothing is written from them)."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """A weight file holds NaN or infinite values and was refused."""
+
+
+class TrainingDivergedError(NonFiniteError):
+    """Fine-tuning was stopped because its loss or the weights became NaN or infinite."""
+
+
+class NotConfirmedError(DclipError):
+    """A long run (or one doing more than asked, such as a new fine-tune) needed a confirmation it did not get."""

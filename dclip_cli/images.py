@@ -15,6 +15,8 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from dclip_cli.errors import ImageError, NoFaceFoundError, OutputError
+from dclip_cli.errors import ImageError, NoFaceFoundError, NonFiniteError, OutputError
 from dclip_cli.fileio import atomic_path, sha256_file
 from dclip_cli.preprocess import LANCZOS, center_crop_box
 
@@ -104,13 +106,16 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
             hint="Pass the path of an image file (PNG, JPEG, WebP, ...), or the images inside the folder.",
         )
     try:
-        im = Image.open(p)
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; dclip refuses the same way above both
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(p)
     except UnidentifiedImageError:
         raise ImageError(
             f"{p} is not an image file that Pillow can read.",
             hint="Pass a PNG, JPEG, WebP or other common image file.",
         ) from None
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _too_large(p, exc) from None
     except OSError as exc:
         raise ImageError(
@@ -143,9 +148,17 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
 
 
 def _too_large(p: Path, exc: Exception) -> ImageError:
+    # Pillow says "Image size (N pixels) exceeds limit of M pixels ..."
+    counts = [int(n) for n in re.findall(r"(\d+) pixels", str(exc))]
+    limit = Image.MAX_IMAGE_PIXELS or (counts[1] if len(counts) > 1 else None)
+    what = (
+        f"has {counts[0] / 1e6:.0f} megapixels, more than the {limit / 1e6:.0f} megapixels dclip opens safely"
+        if counts and limit
+        else "is too large to open safely"
+    )
     return ImageError(
-        f"The image {p} is too large to open safely ({exc}).",
-        hint="Downscale the image (a few megapixels are plenty; models work at 256x256) and try again.",
+        f"The image {p} {what}.",
+        hint="Downscale the image (a few megapixels are plenty; the models work at 256x256) and try again.",
     )
 
 
@@ -359,9 +372,20 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
             f"Expected an image tensor of shape (B, 3, H, W) or (3, H, W), got {tuple(x.shape)}.",
             hint="dclip images have three channels in [-1, 1].",
         )
-    x = torch.nan_to_num(x.detach().to("cpu", torch.float32), nan=0.0)
+    x = x.detach().to("cpu", torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(
+            f"The image to write holds {_count_bad(x)} NaN or infinite values, so it was not written.",
+            hint="The model or its settings produced invalid numbers: check the model ('dclip models verify'), "
+            "or try --precision fp32.",
+        )
     v = ((x + 1.0) * 0.5).clamp(0.0, 1.0).mul(255.0).add(0.5).clamp(0.0, 255.0)
     return v.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _count_bad(x: torch.Tensor) -> str:
+    bad = int((~torch.isfinite(x)).sum())
+    return f"{bad} of {x.numel()}" if bad < x.numel() else "only"
 
 
 def to_pils(x: torch.Tensor) -> list[Image.Image]:
@@ -372,10 +396,11 @@ def to_pils(x: torch.Tensor) -> list[Image.Image]:
 def to_pil(x: torch.Tensor) -> Image.Image:
     """Convert one image in [-1, 1], shape (3, H, W) or (1, 3, H, W), to an RGB PIL image.
 
-    Pixels are ``round((x + 1) / 2 * 255)`` after clamping to [0, 1] (NaN becomes mid-grey).
+    Pixels are ``round((x + 1) / 2 * 255)`` after clamping to [0, 1].
 
     Raises:
         ImageError: ``x`` holds several images (use :func:`to_pils`) or has the wrong shape.
+        NonFiniteError: ``x`` holds NaN or infinite values (no image is made from them).
     """
     if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[0] != 1:
         raise ImageError(

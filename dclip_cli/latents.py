@@ -222,6 +222,20 @@ class LatentCache:
             return None
         return x_lat, x_rec
 
+    def has(self, image: str | torch.Tensor, model_sha256: str, t0: int, steps: int) -> tuple[bool, bool]:
+        """``(latent stored, reconstruction stored)`` for the entry, reading only the file's header."""
+        from safetensors import safe_open
+
+        p = self.path(image, model_sha256, t0, steps)
+        if not p.is_file():
+            return False, False
+        try:
+            with safe_open(str(p), framework="pt", device="cpu") as f:
+                keys = set(f.keys())
+        except Exception:  # noqa: BLE001 - an unreadable entry is a miss
+            return False, False
+        return "x_lat" in keys, "x_lat" in keys and "x_rec" in keys
+
     def put(
         self,
         image: str | torch.Tensor,

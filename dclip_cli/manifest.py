@@ -16,7 +16,8 @@ SHA-256 of every model that touched it, timings and metrics. The layout (``schem
       "models": [{"role": "base", "name": "celeba_hq", "path": "...", "sha256": "..."}, ...],
       "timings": {"inversion": 1.2, "generation": 1.5, "total": 3.0},
       "metrics": {"clip_directional": 0.21, ...},
-      "environment": {"torch": "2.4.0", "device": "cpu", "python": "3.11.9"}
+      "environment": {"torch": "2.4.0", "device": "cpu", "python": "3.11.9"},
+      "numerics": {"torch": "2.4.0", "device": "cpu", "precision": "bf16", "cpu_threads": 2, ...}
     }
 """
 
@@ -123,6 +124,29 @@ def _environment(device: str | None) -> dict[str, Any]:
     return env
 
 
+def numerics_record(device: Any, precision: str) -> dict[str, Any]:
+    """What a result's numbers depend on beyond the settings: the torch version, the device (and its model), the
+    UNet precision and, for low precision on a CPU, the number of CPU threads (oneDNN's bf16 kernels split their sums
+    differently with 1 and 2 threads, so the same edit can differ by several levels out of 255; fp32 results do not
+    depend on it).
+
+    Args:
+        device: the device the UNets ran on.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (what the UNets computed in).
+    """
+    import torch
+
+    from dclip_cli.precision import device_name
+
+    dev = torch.device(device)
+    record: dict[str, Any] = {"torch": torch.__version__, "device": str(dev), "precision": precision}
+    with contextlib.suppress(Exception):  # informative only
+        record["hardware"] = device_name(dev)
+    if precision != "fp32" and dev.type == "cpu":
+        record["cpu_threads"] = torch.get_num_threads()
+    return record
+
+
 def build_manifest(
     *,
     command: str,
@@ -135,8 +159,13 @@ def build_manifest(
     metrics: Mapping[str, Any] | None = None,
     device: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    numerics: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble a sidecar document (see the module docstring for the layout); every value is made JSON-safe."""
+    """Assemble a sidecar document (see the module docstring for the layout); every value is made JSON-safe.
+
+    Args:
+        numerics: :func:`numerics_record` of the run (what its numbers depend on).
+    """
     doc: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "dclip_version": __version__,
@@ -151,6 +180,8 @@ def build_manifest(
         "metrics": dict(metrics or {}),
         "environment": _environment(device),
     }
+    if numerics is not None:
+        doc["numerics"] = dict(numerics)
     if extra:
         doc.update(extra)
     return to_jsonable(doc)

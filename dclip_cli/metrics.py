@@ -16,8 +16,9 @@ key                           meaning                                           
 ``psnr``                      PSNR in dB between two given images (``dclip score``)                     higher
 ============================  =======================================================================  =========
 
-The networks are passed in (:class:`MetricModels`); a missing one leaves its metric out rather than failing, so
-an edit still completes when, say, the identity weights cannot be downloaded.
+The networks are passed in (:class:`MetricModels`); a missing one leaves its metric out. Whether that is allowed
+is the applications' decision: by default a metric whose network cannot be loaded is skipped with a warning, and a
+metric asked for with ``--metrics`` is an error (``dclip_cli.apps.session.Session.metric_models``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class MetricModels:
     clip: object | None = None
     lpips: Callable[[Tensor, Tensor], Tensor] | None = None
     identity: Callable[[Tensor], Tensor] | None = None
+
+    def computed(self, wanted: Sequence[str]) -> list[str]:
+        """The ``wanted`` metric names (``clip``, ``lpips``, ``identity``, ``psnr``) these networks compute
+        (``psnr`` needs none)."""
+        return [w for w in wanted if w == "psnr" or getattr(self, w, None) is not None]
 
 
 def psnr(x: Tensor, y: Tensor) -> Tensor:

@@ -8,8 +8,10 @@ an output replacing an input, an unwritable folder and (without ``overwrite``) a
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +64,28 @@ def split_output(
             hint=f"Pass a directory with -o when {verb} several {'images' if verb != 'training' else 'edits'}.",
         )
     return None, out_file
+
+
+def child_path(folder: Path, name: str) -> Path:
+    """``folder / name``, refusing a ``name`` that is not a plain file name (a separator, ``..``, a leading dot),
+    so that no name derived from an edit key, a text or a model file can leave the chosen folder.
+
+    Raises:
+        ConfigError: ``name`` would not be a file directly inside ``folder``.
+    """
+    if (
+        name in ("", ".", "..")
+        or "/" in name
+        or "\\" in name
+        or (os.altsep is not None and os.altsep in name)
+        or Path(name).name != name
+    ):
+        raise ConfigError(
+            f"The output name {name!r} would leave the folder {folder}.",
+            hint="Edit keys and names may use letters, digits, '_' and '-' only; check the preset plugin or "
+            "the name given.",
+        )
+    return folder / name
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -172,10 +196,16 @@ def plan_images(
 ) -> list[OutputSet]:
     """The outputs of ``edit``, ``mix`` and ``translate``, one :class:`OutputSet` per input, checked by :func:`claim`.
 
-    Naming: ``<stem>.<tag>.png`` next to the input (or in the ``-o`` directory), with ``<stem>.<tag>.json`` as the
-    sidecar, ``<stem>.<tag>.compare.png`` for ``--compare``, ``<stem>.<tag>.<kind>.png`` for a ``kind`` such as
-    ``sweep``, and ``<stem>.<tag>.round01.png``... for translation intermediates. ``-o`` naming a ``.png`` file (one
-    input only) sets the main image's path; the other files take its stem.
+    Naming: ``<stem>.<tag>.png`` next to the input (or in the ``-o`` directory), ``<stem>.<tag>.<kind>.png`` for a
+    ``kind`` such as ``sweep``; the sidecar is the main image's name with ``.json`` (``<stem>.<tag>.json``,
+    ``<stem>.<tag>.sweep.json``), so every main image has its own; ``<stem>.<tag>.compare.png`` for ``--compare``
+    and ``<stem>.<tag>.round01.png``... for translation intermediates. ``-o`` naming a ``.png`` file (one input
+    only) sets the main image's path; the other files take its stem.
+
+    Raises:
+        ConfigError: ``tag`` or ``kind`` would make a name that leaves the folder (see :func:`child_path`), two
+            inputs map to one file, or an output would replace an input.
+        OutputExistsError, OutputError: as :func:`claim`.
     """
     out_dir, out_file = split_output(
         output, len(inputs), suffix=".png", what="dclip writes PNG images", verb="editing"
@@ -187,12 +217,12 @@ def plan_images(
             base = out_file.with_suffix("")
         else:
             folder = out_dir if out_dir is not None else src.parent
-            base = folder / f"{src.stem}.{tag}"
-            image = base.with_name(f"{base.name}.{kind}.png") if kind else base.with_name(f"{base.name}.png")
+            base = child_path(folder, f"{src.stem}.{tag}")
+            image = child_path(folder, f"{base.name}.{kind}.png" if kind else f"{base.name}.png")
         plans.append(
             OutputSet(
                 image=image,
-                sidecar=base.with_name(f"{base.name}.json"),
+                sidecar=image.with_suffix(".json"),
                 compare=base.with_name(f"{base.name}.compare.png") if compare else None,
                 intermediates=tuple(
                     base.with_name(f"{base.name}.round{i:02d}.png") for i in range(1, intermediates + 1)
@@ -205,6 +235,60 @@ def plan_images(
         inputs=inputs,
     )
     return plans
+
+
+def write_together(
+    files: Sequence[tuple[Path, Callable[[Path], object]]], *, overwrite: bool = False
+) -> list[Path]:
+    """Write several files as one set: each writer fills a temporary file beside its destination, and only when
+    every one of them is complete are they renamed into place. A failure (a full disk, an exception, Ctrl-C) before
+    that leaves the previous files, if any, untouched and removes the temporary ones.
+
+    Args:
+        files: ``(destination, writer)`` pairs; ``writer(path)`` writes the content to ``path`` (a temporary name
+            that keeps the destination's suffix, so format-by-suffix writers work).
+        overwrite: whether existing destinations may be replaced.
+
+    Returns:
+        The destinations, in order.
+
+    Raises:
+        OutputExistsError: a destination exists and ``overwrite`` is false.
+        OutputError: a folder cannot be created.
+    """
+    for dest, _ in files:
+        if dest.exists() and not overwrite:
+            raise OutputExistsError(
+                f"{dest} already exists.",
+                hint="Pass --overwrite to replace it, or choose another output with -o.",
+            )
+    temps: list[Path] = []
+    try:
+        for dest, write in files:
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(
+                    f"Cannot create the output directory {dest.parent}: {exc.strerror or exc}.",
+                    hint="Choose a writable output location with -o.",
+                ) from exc
+            tmp = dest.with_name(f"{dest.stem}.{uuid.uuid4().hex[:8]}.incomplete{dest.suffix}")
+            temps.append(tmp)
+            write(tmp)
+            if not tmp.is_file():
+                raise OutputError(f"Nothing was written for {dest}.")
+        for dest, _ in files:
+            if dest.exists() and not overwrite:
+                raise OutputExistsError(
+                    f"{dest} appeared while dclip was writing it.", hint="Pass --overwrite."
+                )
+        for (dest, _), tmp in zip(files, temps, strict=True):
+            os.replace(tmp, dest)
+    finally:
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    return [dest for dest, _ in files]
 
 
 # -- latents ------------------------------------------------------------------------------------------------------
@@ -230,7 +314,9 @@ def plan_latents(
             plans.append((out_file, out_file.with_name(stem + RECON_SUFFIX)))
         else:
             folder = out_dir if out_dir is not None else src.parent
-            plans.append((folder / (src.stem + LATENT_SUFFIX), folder / (src.stem + RECON_SUFFIX)))
+            plans.append(
+                (child_path(folder, src.stem + LATENT_SUFFIX), child_path(folder, src.stem + RECON_SUFFIX))
+            )
     claim(
         [(src, plan) for src, plan in zip(inputs, plans, strict=True)], overwrite=overwrite,
         again="invert them into different -o directories",
@@ -296,7 +382,7 @@ def plan_artifacts(
         if out_file is not None:
             paths.append(ArtifactDest(out_file))
         elif out_dir is not None:
-            paths.append(ArtifactDest(out_dir / f"{preset}_{edit.key}_t{t0}.safetensors"))
+            paths.append(ArtifactDest(child_path(out_dir, f"{preset}_{edit.key}_t{t0}.safetensors")))
         dests.append(paths)
     claim(
         [(edit.key, [d.path for d in paths]) for edit, paths in zip(edits, dests, strict=True)],

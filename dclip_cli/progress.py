@@ -11,6 +11,8 @@ Kinds:
 * ``progress``: ``done`` of ``total`` units of the task ``label`` (model calls, images, steps), ``status`` a short
   text shown beside the bar (the timestep, the loss);
 * ``download``: ``done`` of ``total`` bytes of the file ``label``;
+* ``output``: a result was written completely (``data``: the application's record of it, e.g. ``result``, an
+  :class:`~dclip_cli.apps.pipeline.ImageResult`), so a caller stopped later still knows what was finished;
 * fine-tuning adds ``step`` (one UNet call of training; ``done``/``total`` count the pair's steps), ``pair_start``,
   ``epoch_end`` and ``pair_end`` with their details in ``data``; each also carries ``done``/``total`` or a
   ``message``, so a display that knows only the generic kinds still shows them.
@@ -22,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("info", "warning", "progress", "download", "step", "pair_start", "epoch_end", "pair_end")
+KINDS = ("info", "warning", "progress", "download", "output", "step", "pair_start", "epoch_end", "pair_end")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def _isolate(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
     # the commands default to --precision auto (bf16 on CPUs with native bf16, like CI's); tests compare exact
     # float32 results unless they ask for another precision
     monkeypatch.setenv("DCLIP_PRECISION", "fp32")
-    for var in ("DCLIP_OFFLINE", "DCLIP_MIRROR", "DCLIP_DEBUG", "DCLIP_DEVICE"):
+    for var in ("DCLIP_OFFLINE", "DCLIP_MIRROR", "DCLIP_DEBUG", "DCLIP_DEVICE", "DCLIP_CONFIRM_MINUTES"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(root / "xdg-cache"))
     monkeypatch.setenv("TORCH_HOME", str(root / "torch-home"))

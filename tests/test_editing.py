@@ -194,7 +194,7 @@ def test_plan_outputs_naming(tmp_path: Path) -> None:
     assert plan.compare == tmp_path / "photo.smiling.compare.png"
     [plan] = plan_outputs([img], "smiling", tmp_path / "out", kind="sweep")
     assert plan.image == tmp_path / "out" / "photo.smiling.sweep.png" and plan.compare is None
-    assert plan.sidecar == tmp_path / "out" / "photo.smiling.json"
+    assert plan.sidecar == tmp_path / "out" / "photo.smiling.sweep.json"  # its own sidecar (issue 11.10)
     assert not (tmp_path / "out").exists()  # planning creates nothing
     [plan] = plan_outputs([img], "translate", tmp_path / "res.png", intermediates=2, compare=True)
     assert plan.image == tmp_path / "res.png" and plan.sidecar == tmp_path / "res.json"

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from dclip_cli import images
-from dclip_cli.errors import ImageError, NoFaceFoundError, OutputError, OutputExistsError
+from dclip_cli.errors import ImageError, NoFaceFoundError, NonFiniteError, OutputError, OutputExistsError
 from dclip_cli.images import (
     ensure_rgb,
     image_grid,
@@ -328,10 +328,18 @@ def test_to_pil_matches_torchvision_save_image(tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(to_pil(x)), np.asarray(Image.open(ref_path).convert("RGB")))
 
 
-def test_to_pil_rounding_clamping_nan() -> None:
-    x = torch.tensor([-1.0, 1.0, -5.0, 5.0, float("nan"), 0.0]).view(1, 1, 6).expand(3, 1, 6).clone()
+def test_to_pil_rounding_clamping_nan(tmp_path: Path) -> None:
+    x = torch.tensor([-1.0, 1.0, -5.0, 5.0, 0.004, 0.0]).view(1, 1, 6).expand(3, 1, 6).clone()
     row = np.asarray(to_pil(x))[0, :, 0]
     assert row.tolist() == [0, 255, 0, 255, 128, 128]
+    # issue 11.3: no image is made (or written) from NaN or infinite values; they used to become flat grey
+    for bad in (float("nan"), float("inf")):
+        x[0, 0, 4] = bad
+        with pytest.raises(NonFiniteError, match="holds 1 of 18 NaN or infinite values"):
+            to_pil(x)
+        with pytest.raises(NonFiniteError):
+            save_image(x, tmp_path / "nan.png")
+        assert not list(tmp_path.iterdir())
 
 
 def test_to_pil_shapes() -> None:

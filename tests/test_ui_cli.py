@@ -47,7 +47,7 @@ def test_defaults_serve_on_loopback_without_a_warning(
         False,
     )
     assert options.device == "cpu" and options.precision == "fp32"  # DCLIP_PRECISION from the test isolation
-    assert options.metrics == ("clip", "lpips", "identity", "psnr") and options.clip_model == "ViT-B/16"
+    assert options.metrics is None and options.clip_model == "ViT-B/16"  # --metrics auto, the CLI's default
     assert options.outputs.name == "outputs" and options.outputs.parent.name == "data"  # $DCLIP_DATA/outputs
     assert result.stdout.strip() == "http://127.0.0.1:7860/"
     assert "Warning" not in result.output

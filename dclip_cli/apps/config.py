@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from dclip_cli.errors import ConfigError
 
 if TYPE_CHECKING:
+    from dclip_cli.estimate import LongRuns
     from dclip_cli.presets.preset import Preset
 
 DEFAULT_CLIP_MODEL = "ViT-B/16"
@@ -70,13 +71,16 @@ class Outputs:
         output: output file (one input) or directory; ``None``: next to each input.
         overwrite: replace existing outputs.
         compare: also write an ``input | reconstruction | result`` sheet.
-        metrics: metrics to compute (``clip``, ``lpips``, ``identity``, ``psnr``).
+        metrics: metrics to compute (``clip``, ``lpips``, ``identity``, ``psnr``), a promise: one that cannot be
+            computed is an error. ``None`` (the default): those that cost no extra diffusion pass (the CLIP
+            metrics, LPIPS, identity for faces, and the reconstruction PSNR when ``compare`` or a sweep computes the
+            reconstruction anyway), each skipped with a warning when its network cannot be loaded.
     """
 
     output: str | os.PathLike[str] | None = None
     overwrite: bool = False
     compare: bool = False
-    metrics: tuple[str, ...] = ALL_METRICS
+    metrics: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,8 @@ class Runtime:
         batch_size: images per batch.
         require_face: with a face-aligning preset, treat an input without a detectable face as unreadable
             (reported and skipped) instead of centre-cropping it with a warning.
+        long_runs: what to do before a run estimated to take long (:class:`~dclip_cli.estimate.LongRuns`: ask,
+            or stop with ``RunTooLongError``); ``None`` (the default, and ``--yes``) starts every run.
     """
 
     device: str | None = "auto"
@@ -99,6 +105,7 @@ class Runtime:
     clip_model: str = DEFAULT_CLIP_MODEL
     batch_size: int = DEFAULT_BATCH_SIZE
     require_face: bool = False
+    long_runs: LongRuns | None = None
 
     def __post_init__(self) -> None:
         check_batch_size(self.batch_size)
@@ -143,14 +150,24 @@ class SamplingSettings:
 
         return torch.Generator(device=device).manual_seed(self.seed + offset)
 
-    def generators(self, device: Any, x: Any) -> list[Any]:
-        """One generator per image of ``x`` (B, 3, S, S), seeded with ``seed`` plus a hash of that image, so an
-        image's noise does not depend on the batch it is in or its position there."""
-        from dclip_cli.latents import tensor_sha256
+    def image_generators(self, device: Any, image_keys: Sequence[str], salt: str) -> list[Any]:
+        """One generator per image, seeded by :func:`image_seed` from what the user gave: ``seed``, the input's
+        content hash (``image_keys``, one per image) and the edit (``salt``). No image's noise depends on the batch
+        it is in, its position there, the number of processes, or the last bits of a computed latent."""
+        import torch
 
         return [
-            self.generator(device, offset=int(tensor_sha256(x[i : i + 1])[:8], 16)) for i in range(x.shape[0])
+            torch.Generator(device=device).manual_seed(image_seed(self.seed, k, salt)) for k in image_keys
         ]
+
+
+def image_seed(seed: int, image_key: str, salt: str) -> int:
+    """The seed of one image's noise: 63 bits of SHA-256 over ``[seed, image_key, salt]`` (JSON)."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps([int(seed), str(image_key), str(salt)]).encode("utf-8")).hexdigest()
+    return int(digest[:16], 16) & ((1 << 63) - 1)
 
 
 def resolve_t0(
@@ -203,10 +220,13 @@ def resolve_sampling(
     return settings
 
 
-def parse_metrics(text: str) -> tuple[str, ...]:
-    """Parse ``--metrics`` (``all``, ``none`` or a comma list of ``clip,lpips,identity,psnr``)."""
+def parse_metrics(text: str) -> tuple[str, ...] | None:
+    """Parse ``--metrics``: ``auto`` (``None``: the free ones, best effort), ``all``, ``none`` or a comma list of
+    ``clip,lpips,identity,psnr``."""
     value = text.strip().lower()
-    if value in ("", "all"):
+    if value in ("", "auto"):
+        return None
+    if value == "all":
         return ALL_METRICS
     if value == "none":
         return ()
@@ -215,11 +235,55 @@ def parse_metrics(text: str) -> tuple[str, ...]:
         if part not in ALL_METRICS:
             raise ConfigError(
                 f'--metrics item {index + 1} "{part}" is not a metric.',
-                hint=f"Use all, none, or a comma list of {', '.join(ALL_METRICS)}.",
+                hint=f"Use auto, all, none, or a comma list of {', '.join(ALL_METRICS)}.",
             )
         if part not in chosen:
             chosen.append(part)
     return tuple(chosen)
+
+
+def choose_metrics(
+    requested: tuple[str, ...] | None,
+    preset: Preset | None,
+    *,
+    reconstruction: bool,
+    psnr_possible: bool = True,
+) -> tuple[tuple[str, ...], bool]:
+    """Which metrics a run computes, and whether each is required.
+
+    Args:
+        requested: :attr:`Outputs.metrics` (``None``: the default).
+        preset: the run's preset (identity needs one with an identity model).
+        reconstruction: whether the run computes the base reconstruction anyway (``--compare``, ``--sweep``).
+        psnr_possible: whether the command has a reconstruction at all (``translate`` has none).
+
+    Returns:
+        ``(names, required)``: by default the metrics that cost no extra UNet call, best effort; asked for
+        explicitly, a promise (``all`` meaning every metric that applies to the command and the preset).
+
+    Raises:
+        ConfigError: an explicitly requested metric does not apply (identity without an identity model, PSNR in a
+            command without a reconstruction).
+    """
+    has_identity = preset is not None and bool(preset.identity_model)
+    if requested is None:
+        names = ["clip", "lpips"] + (["identity"] if has_identity else [])
+        return tuple(names + (["psnr"] if reconstruction and psnr_possible else [])), False
+    names = list(requested)
+    if tuple(requested) == ALL_METRICS:
+        names = [n for n in names if (n != "identity" or has_identity) and (n != "psnr" or psnr_possible)]
+    if "identity" in names and not has_identity:
+        where = f"the preset {preset.name!r} has none" if preset is not None else "no --domain was given"
+        raise ConfigError(
+            f"--metrics identity needs a preset with an identity network, and {where}.",
+            hint="Drop identity from --metrics.",
+        )
+    if "psnr" in names and not psnr_possible:
+        raise ConfigError(
+            "--metrics psnr compares the reconstruction with the input, and this command makes no reconstruction.",
+            hint="Drop psnr from --metrics.",
+        )
+    return tuple(names), True
 
 
 def parse_sweep(text: str) -> list[float]:

@@ -15,6 +15,7 @@ from typing import Any
 from dclip_cli.apps.config import (
     RunConfig,
     check_strength,
+    choose_metrics,
     resolve_sampling,
     resolve_t0,
 )
@@ -23,6 +24,7 @@ from dclip_cli.apps.pipeline import GENERATING, INVERTING, RECONSTRUCTING, Run, 
 from dclip_cli.apps.resolve import resolve_edit_model
 from dclip_cli.apps.session import Session
 from dclip_cli.errors import ConfigError
+from dclip_cli.estimate import GPU_CHOICE
 from dclip_cli.progress import ProgressCallback, Reporter
 
 
@@ -86,7 +88,7 @@ def edit_images(
     session = session or Session(config.runtime, progress=progress)
 
     # 2. inputs, domain, target, outputs (before any diffusion model is loaded)
-    inputs = prepare_inputs(session, paths, domain)
+    inputs = prepare_inputs(session, paths, domain, edits=[to])
     preset = inputs.preset
     target = parse_target(preset, to, src)
     lat = read_latent_arg(latent, len(inputs.images), sampling.t0)
@@ -94,19 +96,31 @@ def edit_images(
         [inp.path for inp in inputs.images], target.tag, outputs.output, kind="sweep" if sweep else None,
         compare=outputs.compare, overwrite=outputs.overwrite,
     )  # fmt: skip
-    run = Run(session, "edit", inputs, plans, outputs)
+    run = Run(session, "edit", inputs, plans, outputs, salt=target.tag)
     lat_t0, lat_steps = (lat.t0, lat.steps) if lat is not None else (None, None)
     provisional = resolve_sampling(
         preset, sampling, t0=resolve_t0(preset, requested=sampling.t0, latent=lat_t0, edits=[target.t0]),
         inv_steps=lat_steps,
     )  # fmt: skip
 
-    # 3. the models (the edit model may decide t0)
+    # 3. the metric networks first: a metric asked for with --metrics that cannot be computed stops here
+    wanted, required = choose_metrics(outputs.metrics, preset, reconstruction=outputs.compare or bool(sweep))
+    with run.timings.measure("model"):
+        metric_models = session.metric_models(preset, wanted, required=required)
+    run.metric_names = metric_models.computed(wanted)
+    need_rec = "psnr" in run.metric_names or outputs.compare or bool(sweep)
+
+    # 4. the models (the edit model may decide t0; a fine-tune on the fly estimates its time with the edit's)
+    n_img = len(inputs.images)
+    per_image = (provisional.n_inv_steps - 1 if lat is None else 0) + provisional.n_gen_steps * (
+        len(strengths) + need_rec
+    )
     with run.timings.measure("model"):
         base = session.base(preset)
         edit_model = resolve_edit_model(
             session, preset, target, provisional, model=model, auto=auto,
             finetune_images=[inp.path for inp in inputs.images],
+            then=(per_image * n_img, f"then inverting and editing {n_img} image(s)"),
         )  # fmt: skip
     t0 = resolve_t0(preset, requested=sampling.t0, latent=lat_t0, models=[edit_model.t0], edits=[target.t0])
     settings = (
@@ -116,31 +130,35 @@ def edit_images(
     )
     if lat is not None:
         lat.check(base, settings, inputs.images[0], preset, session)
-    with run.timings.measure("model"):
-        metric_models = session.metric_models(preset, outputs.metrics)
-    need_rec = "psnr" in outputs.metrics or outputs.compare or bool(sweep)
 
-    # 4. invert, reconstruct, generate, score and write, batch by batch
+    # 5. invert, reconstruct, generate, score and write, batch by batch
     n = run.n_batches
+    inv_b, rec_b = run.uncached(base, settings, need_rec) if lat is None else (0, n * need_rec)
+    gen_calls = settings.n_gen_steps * n * len(strengths)
     run.plan(
         {
             INVERTING: (settings.n_inv_steps - 1) * n if lat is None else 0,
-            GENERATING: settings.n_gen_steps * n * len(strengths),
+            GENERATING: gen_calls,
             RECONSTRUCTING: settings.n_gen_steps * n if need_rec else 0,
         },
         base.model,
+        calls=(settings.n_inv_steps - 1) * inv_b + gen_calls + settings.n_gen_steps * rec_b,
+        what=f"{'inverting and ' if inv_b else ''}editing {n_img} image(s)",
+        choices=["fewer steps (--inv-steps 10 --steps 10)", GPU_CHOICE],
     )
     main_index = len(strengths) - 1
     fast_base, fast_edit = session.fast(base.model), session.fast(edit_model.model)
     for batch in run.batches():
         x0 = batch.x0
         with batch.timings.measure("inversion"):
-            x_lat, x_rec = run.invert(base, x0, settings, need_rec=need_rec, latent=lat.x if lat else None)
+            x_lat, x_rec = run.invert(
+                base, x0, settings, batch, need_rec=need_rec, latent=lat.x if lat else None
+            )
         edits: list[Any] = []
         with batch.timings.measure("generation"):
             for s in strengths:
                 eps_model = fast_edit if s == 1.0 else blend(fast_base, fast_edit, s)
-                edits.append(run.generate(eps_model, x_lat, settings))
+                edits.append(run.generate(eps_model, x_lat, settings, batch))
         with batch.timings.measure("metrics"):
             rows_by_strength = [
                 compute_metrics(
@@ -149,7 +167,7 @@ def edit_images(
                     x_edit=x_edit,
                     src_text=target.src,
                     trg_text=target.trg,
-                    x_rec=x_rec if "psnr" in outputs.metrics else None,
+                    x_rec=x_rec if "psnr" in run.metric_names else None,
                 )  # fmt: skip
                 for x_edit in edits
             ]

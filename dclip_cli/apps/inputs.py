@@ -43,8 +43,8 @@ class Inputs:
 
 def load_inputs(
     session: Session, paths: Sequence[Path], size: int, preset: Preset | None = None, *, quiet: bool = False
-) -> tuple[list[InputImage], list[tuple[Path, str]]]:
-    """Load and prepare every input; unreadable ones are returned as ``(path, reason)`` instead.
+) -> tuple[list[InputImage], list[tuple[Path, ImageError]]]:
+    """Load and prepare every input; unreadable ones are returned as ``(path, error)`` instead.
 
     ``quiet`` drops preprocessing warnings (used for the detection probe, which is not the model input).
     """
@@ -59,14 +59,14 @@ def load_inputs(
                 "using a centre crop."
             )
     ok: list[InputImage] = []
-    failed: list[tuple[Path, str]] = []
+    failed: list[tuple[Path, ImageError]] = []
     for path in paths:
         try:
             x0, info = images.load_and_prepare(
                 path, size, aligner=aligner, require_face=session.require_face and not quiet
             )
         except ImageError as exc:
-            failed.append((path, exc.message))
+            failed.append((path, exc))
             continue
         for w in [] if quiet else info.get("warnings", []):
             session.reporter.warn(w)
@@ -74,15 +74,17 @@ def load_inputs(
     return ok, failed
 
 
-def detect(session: Session, inputs: Sequence[InputImage], label: str) -> tuple[Preset, Detection]:
-    """CLIP zero-shot detection of the domain over the installed presets' domain prompts."""
+def detect(
+    session: Session, inputs: Sequence[InputImage], label: str, candidates: Sequence[Preset] | None = None
+) -> tuple[Preset, Detection]:
+    """CLIP zero-shot detection of the domain over the ``candidates`` (default: every installed preset)."""
     import torch
 
     from dclip_cli.detect import detect_domain
 
     if not inputs:
         raise ImageError("No readable input image was left to detect the domain from.")
-    presets = session.presets()
+    presets = list(candidates) if candidates is not None else session.presets()
     clip = session.clip() if len(presets) > 1 else None
     x = torch.cat([inp.x0 for inp in inputs]).to(session.device)
     detection = detect_domain(clip, x, presets, label=label)
@@ -90,40 +92,66 @@ def detect(session: Session, inputs: Sequence[InputImage], label: str) -> tuple[
     return session.preset(detection.preset), detection
 
 
-def prepare_inputs(session: Session, paths: Sequence[str | os.PathLike[str]], domain: str | None) -> Inputs:
-    """Expand the inputs, pick the preset (``--domain`` or detection) and load the inputs at its size.
+def presets_with_edits(session: Session, keys: Sequence[str]) -> list[Preset]:
+    """The installed presets that have every named edit in ``keys`` (all presets when ``keys`` is empty)."""
+    return [p for p in session.presets() if all(k.strip() in p.edits for k in keys)]
 
-    Unreadable inputs are reported and kept in :attr:`Inputs.failed`; if none is readable, the first problem is
-    raised.
+
+def prepare_inputs(
+    session: Session,
+    paths: Sequence[str | os.PathLike[str]],
+    domain: str | None,
+    *,
+    edits: Sequence[str] = (),
+) -> Inputs:
+    """Expand the inputs, pick the preset and load the inputs at its size.
+
+    The preset is ``domain``; else, when the targets in ``edits`` (``--to`` values) are named edits that only one
+    installed preset has, that preset (no CLIP needed); else CLIP detection among the presets that have them (all
+    presets for free text).
+
+    Unreadable inputs are reported (one warning each) and kept in :attr:`Inputs.failed`; if none is readable, the
+    problem is raised instead (the loader's own error and hint when there is one input).
     """
+    from dclip_cli.detect import Detection
     from dclip_cli.images import expand_inputs
 
     files = expand_inputs(paths)
-    if domain is not None:
-        preset = session.preset(domain)
-        detection = None
-        ok, failed = load_inputs(session, files, preset.image_size, preset)
-    else:
+    failed: list[tuple[Path, ImageError]] = []
+    candidates = presets_with_edits(session, edits) if edits else []
+    if domain is None and len(candidates) == 1:
+        preset = candidates[0]
+        detection: Detection | None = Detection(preset.name, 1.0, {preset.name: 1.0}, method="edit")
+        keys = ", ".join(repr(k) for k in edits)
+        session.reporter.info(f"Using domain {preset.name}: the only preset with the edit {keys}.")
+        domain = preset.name
+    elif domain is None:
         probe, failed = load_inputs(session, files, DETECTION_SIZE, quiet=True)
         _raise_if_none_readable(probe, failed)
         label = str(files[0]) if len(files) == 1 else f"{len(probe)} images"
-        preset, detection = detect(session, probe, label)
-        ok, more = load_inputs(session, [p.path for p in probe], preset.image_size, preset)
-        failed.extend(more)
-    for path, reason in failed:
-        session.reporter.warn(f"Skipping {path}: {reason}")
+        preset, detection = detect(session, probe, label, candidates or None)
+        files = [p.path for p in probe]
+    else:
+        preset = session.preset(domain)
+        detection = None
+    ok, more = load_inputs(session, files, preset.image_size, preset)
+    failed.extend(more)
     _raise_if_none_readable(ok, failed)
-    return Inputs(preset, detection, ok, failed)
+    for path, exc in failed:
+        session.reporter.warn(f"Skipping {path}: {exc.message}")
+    return Inputs(preset, detection, ok, [(path, exc.message) for path, exc in failed])
 
 
-def _raise_if_none_readable(ok: Sequence[InputImage], failed: Sequence[tuple[Path, str]]) -> None:
+def _raise_if_none_readable(ok: Sequence[InputImage], failed: Sequence[tuple[Path, ImageError]]) -> None:
     if ok:
         return
     if len(failed) == 1:
-        path, reason = failed[0]
-        raise ImageError(reason, hint="Pass a PNG, JPEG or WebP image.")
+        raise failed[0][1]
+    hints = {exc.hint for _, exc in failed}
+    path, first = failed[0]
     raise ImageError(
-        f"None of the {len(failed)} inputs could be read.", hint="Pass PNG, JPEG or WebP images."
+        f"None of the {len(failed)} inputs could be read; the first, {path}: {first.message}",
+        hint=hints.pop() if len(hints) == 1 and None not in hints else "Pass PNG, JPEG or WebP images.",
     )
 
 

@@ -8,12 +8,14 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from dclip_cli.apps.config import RunConfig, Runtime, batches
 from dclip_cli.apps.session import Session
-from dclip_cli.errors import ConfigError, ImageError
+from dclip_cli.errors import ConfigError, ImageError, NonFiniteError
+from dclip_cli.estimate import GPU_CHOICE
 from dclip_cli.progress import ProgressCallback, Reporter
 
 #: t0 and step count used with ``--checkpoint`` when no preset gives them (the original CLI's defaults)
@@ -106,10 +108,11 @@ def invert_images(
     from dclip_cli import __version__
     from dclip_cli.diffusion.ddim import generate, invert
     from dclip_cli.diffusion.schedule import validate_t0
-    from dclip_cli.images import expand_inputs, load_and_prepare, save_image
-    from dclip_cli.latents import save_latent
+    from dclip_cli.images import expand_inputs, load_and_prepare
+    from dclip_cli.manifest import numerics_record
     from dclip_cli.models.build import load_arch_config
-    from dclip_cli.outputs import plan_latents
+    from dclip_cli.outputs import plan_latents, write_together
+    from dclip_cli.progress import Event
     from dclip_cli.store import load_base
 
     started = time.perf_counter()
@@ -158,9 +161,11 @@ def invert_images(
     n_images = len(files)
     chunks = batches(list(range(n_images)), runtime.batch_size)
     total = len(chunks) * (2 * n_steps - 1)
-    session.announce_estimate(
-        base.model, torch.cat([x for x, _ in prepared[: runtime.batch_size]]).to(session.device), total
-    )
+    session.check_time(
+        base.model, torch.cat([x for x, _ in prepared[: runtime.batch_size]]).to(session.device), infer_calls=total,
+        what=f"inverting and reconstructing {n_images} image(s)",
+        choices=[f"fewer steps (--steps 10; now {n_steps})", GPU_CHOICE],
+    )  # fmt: skip
     results: list[InvertedImage] = []
     for chunk in chunks:
         x0 = torch.cat([prepared[i][0] for i in chunk]).to(session.device)
@@ -190,10 +195,23 @@ def invert_images(
                 "mse": f"{mse:.8g}",
                 "psnr": f"{psnr:.4f}",
                 "precision": session.precision_name(),
+                "numerics": numerics_record(session.device, session.precision_name()),
             }
-            save_latent(latent_path, x_lat[j : j + 1], meta, overwrite=outputs.overwrite)
-            save_image(x_rec[j : j + 1].clamp(-1, 1).cpu(), recon_path, overwrite=outputs.overwrite)
+            lat_j, rec_j = x_lat[j : j + 1], x_rec[j : j + 1]
+            if not (bool(torch.isfinite(lat_j).all()) and bool(torch.isfinite(rec_j).all())):
+                raise NonFiniteError(
+                    f"The inversion of {files[i]} holds NaN or infinite values, so nothing was written for it.",
+                    hint="Check the model (a damaged or diverged checkpoint), or try --precision fp32.",
+                )
+            write_together(
+                [
+                    (latent_path, partial(_write_latent, lat_j, meta)),
+                    (recon_path, partial(_write_image, rec_j.clamp(-1, 1).cpu())),
+                ],
+                overwrite=outputs.overwrite,
+            )
             results.append(InvertedImage(files[i], latent_path, recon_path, mse, psnr, image_sha))
+            reporter.emit(Event("output", data={"result": results[-1]}))
     return InvertReport(
         images=results,
         checkpoint=name,
@@ -205,3 +223,15 @@ def invert_images(
         device=str(session.device),
         seconds=time.perf_counter() - started,
     )
+
+
+def _write_latent(x_lat: Any, meta: dict[str, Any], path: Path) -> None:
+    from dclip_cli.latents import save_latent
+
+    save_latent(path, x_lat, meta, overwrite=True)
+
+
+def _write_image(x: Any, path: Path) -> None:
+    from dclip_cli.images import save_image
+
+    save_image(x, path, overwrite=True)

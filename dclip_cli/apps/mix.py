@@ -11,15 +11,21 @@ import os
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dclip_cli.apps.config import RunConfig, resolve_sampling, resolve_t0
+from dclip_cli.apps.config import RunConfig, choose_metrics, resolve_sampling, resolve_t0
 from dclip_cli.apps.inputs import prepare_inputs, read_latent_arg
 from dclip_cli.apps.pipeline import GENERATING, INVERTING, RECONSTRUCTING, Run, RunReport
 from dclip_cli.apps.resolve import resolve_edit_model
 from dclip_cli.apps.schedule import MixEntry, default_mix_schedule, format_mix_schedule, parse_mix_schedule
 from dclip_cli.apps.session import Session
 from dclip_cli.errors import ConfigError, InvalidScheduleError
+from dclip_cli.estimate import GPU_CHOICE
 from dclip_cli.progress import ProgressCallback, Reporter
+
+if TYPE_CHECKING:
+    from dclip_cli.presets.preset import Preset
+    from dclip_cli.textedit import TextEdit
 
 
 def member_names(to: Sequence[str], models: Sequence[str], with_base: bool) -> list[str]:
@@ -75,7 +81,7 @@ def mix_images(
     reporter = session.reporter
 
     # 2. inputs, domain, targets, outputs
-    inputs = prepare_inputs(session, paths, domain)
+    inputs = prepare_inputs(session, paths, domain, edits=list(to))
     preset = inputs.preset
     targets = [parse_target(preset, t, src) for t in to]
     tag = "mix-" + "+".join([*(t.tag for t in targets), *(slugify(Path(m).stem) for m in models)])
@@ -85,29 +91,45 @@ def mix_images(
         [inp.path for inp in inputs.images], tag, outputs.output, compare=outputs.compare,
         overwrite=outputs.overwrite,
     )  # fmt: skip
-    run = Run(session, "mix", inputs, plans, outputs)
+    run = Run(session, "mix", inputs, plans, outputs, salt=tag)
     lat_t0, lat_steps = (lat.t0, lat.steps) if lat is not None else (None, None)
     settings = resolve_sampling(
         preset, sampling, inv_steps=lat_steps,
         t0=resolve_t0(preset, requested=sampling.t0, latent=lat_t0, edits=[t.t0 for t in targets]),
     )  # fmt: skip
 
-    # 3. the members
+    # 3. the metric networks (an explicit --metrics that cannot be computed stops here), then the members
+    wanted_metrics, required = choose_metrics(outputs.metrics, preset, reconstruction=outputs.compare)
+    with run.timings.measure("model"):
+        metric_models = session.metric_models(preset, wanted_metrics, required=required)
+    run.metric_names = metric_models.computed(wanted_metrics)
     with run.timings.measure("model"):
         base = session.base(preset)
         images = [inp.path for inp in inputs.images]
         wanted = [(t, None) for t in targets] + [
             (TextEdit(slugify(Path(m).stem), src or preset.source_text, m), m) for m in models
         ]
+        if sampling.t0 is None and lat is None:
+            _confirm_t0(session, preset, targets, settings.t0, base.sha256)
+        per_image = (settings.n_inv_steps - 1) + settings.n_gen_steps * (1 + ("psnr" in wanted_metrics))
+        n_img = len(inputs.images)
         members = [
-            resolve_edit_model(session, preset, target, settings, model=m, auto=auto, finetune_images=images)
+            resolve_edit_model(
+                session,
+                preset,
+                target,
+                settings,
+                model=m,
+                auto=auto,
+                finetune_images=images,
+                then=(per_image * n_img, f"then mixing {n_img} image(s)"),
+            )  # fmt: skip
             for target, m in wanted
         ]
         eps_models = [session.fast(m.model) for m in members] + (
             [session.fast(base.model)] if with_base else []
         )
         mixed = mix(eps_models, [(e.threshold, list(e.weights)) for e in entries])
-        metric_models = session.metric_models(preset, outputs.metrics)
     if lat is not None:
         lat.check(base, settings, inputs.images[0], preset, session)
     reporter.info(f"Mixing {', '.join(names)} with the schedule {format_mix_schedule(entries)}.")
@@ -122,17 +144,22 @@ def mix_images(
         t0 = resolve_t0(preset, models=[m.t0 for m in members], edits=[settings.t0])
         if t0 != settings.t0:
             settings = resolve_sampling(preset, sampling, t0=t0, inv_steps=lat_steps)
-    need_rec = "psnr" in outputs.metrics or outputs.compare
+    need_rec = "psnr" in run.metric_names or outputs.compare
 
     # 4. batches
     n = run.n_batches
+    inv_b, rec_b = run.uncached(base, settings, need_rec) if lat is None else (0, n * need_rec)
+    gen_calls = len(eps_models) * settings.n_gen_steps * n
     run.plan(
         {
             INVERTING: (settings.n_inv_steps - 1) * n if lat is None else 0,
-            GENERATING: len(eps_models) * settings.n_gen_steps * n,
+            GENERATING: gen_calls,
             RECONSTRUCTING: settings.n_gen_steps * n if need_rec else 0,
         },
         base.model,
+        calls=(settings.n_inv_steps - 1) * inv_b + gen_calls + settings.n_gen_steps * rec_b,
+        what=f"mixing {len(eps_models)} models on {len(inputs.images)} image(s)",
+        choices=["fewer steps (--inv-steps 10 --steps 10)", GPU_CHOICE],
     )
     # texts for the CLIP metrics: the combined target of the --to edits
     src_text = targets[0].src if targets else (src or preset.source_text)
@@ -143,13 +170,15 @@ def mix_images(
     for batch in run.batches():
         x0 = batch.x0
         with batch.timings.measure("inversion"):
-            x_lat, x_rec = run.invert(base, x0, settings, need_rec=need_rec, latent=lat.x if lat else None)
+            x_lat, x_rec = run.invert(
+                base, x0, settings, batch, need_rec=need_rec, latent=lat.x if lat else None
+            )
         with batch.timings.measure("generation"):
-            x_mix = run.generate(mixed, x_lat, settings)
+            x_mix = run.generate(mixed, x_lat, settings, batch)
         with batch.timings.measure("metrics"):
             rows = compute_metrics(
                 metric_models, x_src=x0, x_edit=x_mix, src_text=src_text, trg_text=trg_text,
-                x_rec=x_rec if "psnr" in outputs.metrics else None,
+                x_rec=x_rec if "psnr" in run.metric_names else None,
             )  # fmt: skip
         own = {
             "members": names,
@@ -179,3 +208,29 @@ def mix_images(
                 ),
             )  # fmt: skip
     return run.report([base, *members])
+
+
+def _confirm_t0(
+    session: Session, preset: Preset, targets: Sequence[TextEdit], t0: int, base_sha256: str | None
+) -> None:
+    """Before a mix fine-tunes a member anew only because the mix's t0 differs from the t0 of the model the
+    library already has for it, say so and offer the choices (ask, or stop without a terminal; ``--yes`` goes on)."""
+    from dclip_cli.artifacts import read_artifact
+    from dclip_cli.store import find_match
+
+    others: list[tuple[str, int]] = []
+    for target in targets:
+        if target.checkpoint or find_match(preset, target.src, target.trg, base_sha256=base_sha256, t0=t0):
+            continue  # an official model (used at its own t0) or a library model at this t0
+        existing = find_match(preset, target.src, target.trg, base_sha256=base_sha256, t0=None)
+        if existing is not None and read_artifact(existing).t0 is not None:
+            others.append((target.key, int(read_artifact(existing).t0 or 0)))
+    if not others:
+        return
+    have = ", ".join(f"{key} at t0 {other}" for key, other in others)
+    session.confirm(
+        f"This mix runs at t0 {t0}, and your library has {have} only: dclip would fine-tune "
+        f"{'it' if len(others) == 1 else 'them'} anew at t0 {t0} first.",
+        [f"--t0 {others[0][1]} to mix at the existing model's t0", f"--model {preset.name}/{others[0][0]} to mix "
+         "the existing model as it is", f"--yes to fine-tune at t0 {t0}"],
+    )  # fmt: skip

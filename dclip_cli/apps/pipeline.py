@@ -7,10 +7,10 @@ outputs with its sidecar, and report.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,11 +69,13 @@ class RunReport:
 
 @dataclass
 class Batch:
-    """One batch of inputs with their planned outputs; ``x0`` is (B, 3, S, S) on the session's device."""
+    """One batch of inputs with their planned outputs; ``x0`` is (B, 3, S, S) on the session's device; ``keys``
+    the content hash of each input file (what its noise is seeded from)."""
 
     items: Sequence[tuple[InputImage, OutputSet]]
     x0: Any
     timings: Timings
+    keys: list[str]
 
 
 class Run:
@@ -85,15 +87,25 @@ class Run:
         inputs: the prepared inputs and the domain.
         plans: the planned outputs, one per input.
         outputs: the output settings.
+        salt: what the run does (the edit's tag), mixed into every image's noise seed with ``--seed`` and the
+            image's content hash (:func:`~dclip_cli.apps.config.image_seed`).
     """
 
     def __init__(
-        self, session: Session, command: str, inputs: Inputs, plans: Sequence[OutputSet], outputs: Outputs
+        self,
+        session: Session,
+        command: str,
+        inputs: Inputs,
+        plans: Sequence[OutputSet],
+        outputs: Outputs,
+        *,
+        salt: str = "",
     ) -> None:
         from dclip_cli.manifest import Timings
 
         self.session = session
         self.command = command
+        self.salt = salt
         self.inputs = inputs
         self.preset = inputs.preset
         self.plans = list(plans)
@@ -102,6 +114,8 @@ class Run:
         self.started = time.perf_counter()
         self.results: list[ImageResult] = []
         self.totals: dict[str, int] = {}
+        #: the metrics this run computes (set by the application; recorded in the sidecars)
+        self.metric_names: list[str] = []
         self._batches = batches(list(zip(inputs.images, self.plans, strict=True)), session.runtime.batch_size)
 
     @property
@@ -118,11 +132,40 @@ class Run:
 
         return torch.cat([inp.x0 for inp, _ in self._batches[0]]).to(self.session.device)
 
-    def plan(self, totals: dict[str, int], model: Any) -> None:
-        """Set the number of UNet calls of each phase (by progress label) and, before a long CPU run, announce
-        the time estimate of them all, timed on ``model`` and the first batch."""
+    def plan(
+        self,
+        totals: dict[str, int],
+        model: Any,
+        *,
+        calls: int | None = None,
+        what: str = "",
+        choices: Sequence[str] = (),
+    ) -> None:
+        """Set the number of UNet calls of each phase (by progress label) and, before the run, estimate the time of
+        ``calls`` of them (default: all; leave out what the caches serve) from one warm call of ``model`` on the
+        first batch: say it, and ask (or stop) before a long run (:meth:`Session.check_time`; ``what`` and
+        ``choices`` word it)."""
         self.totals = {label: n for label, n in totals.items() if n}
-        self.session.announce_estimate(model, self.first_batch(), sum(self.totals.values()))
+        n_calls = sum(self.totals.values()) if calls is None else calls
+        self.session.check_time(model, self.first_batch(), infer_calls=n_calls, what=what, choices=choices)
+
+    def uncached(self, base: LoadedModel, settings: SamplingSettings, need_rec: bool) -> tuple[int, int]:
+        """``(batches to invert, batches to reconstruct)``: the batches of this run whose inversion (and, when
+        ``need_rec``, reconstruction) is not in the latent cache already (read from the cache files' headers)."""
+        if not base.sha256:
+            return self.n_batches, self.n_batches if need_rec else 0
+        from dclip_cli.checkpoints.cache import cache_dir
+        from dclip_cli.latents import LatentCache
+
+        cache = LatentCache(cache_dir() / "latents")
+        key = self.session.latent_key(str(base.sha256))
+        same = settings.n_gen_steps == settings.n_inv_steps and settings.eta == 0
+        inv = rec = 0
+        for items in self._batches:
+            found = [cache.has(inp.x0, key, settings.t0, settings.n_inv_steps) for inp, _ in items]
+            inv += not all(lat for lat, _ in found)
+            rec += need_rec and not (same and all(r for _, r in found))
+        return inv, rec
 
     def batches(self) -> Iterator[Batch]:
         import torch
@@ -131,7 +174,12 @@ class Run:
 
         for items in self._batches:
             x0 = torch.cat([inp.x0 for inp, _ in items]).to(self.session.device)
-            yield Batch(items, x0, Timings())
+            keys = [str(inp.info.get("image_sha256") or inp.path) for inp, _ in items]
+            yield Batch(items, x0, Timings(), keys)
+
+    def generators(self, batch: Batch, settings: SamplingSettings) -> list[Any]:
+        """One noise generator per image of ``batch`` (see :meth:`SamplingSettings.image_generators`)."""
+        return settings.image_generators(self.session.device, batch.keys, self.salt)
 
     # -- the diffusion steps ---------------------------------------------------------------------------------------
 
@@ -144,15 +192,17 @@ class Run:
 
         return callback
 
-    def generate(self, model: Any, x_lat: Any, settings: SamplingSettings, label: str = GENERATING) -> Any:
-        """DDIM generation from ``x_lat``; η noise from per-image generators seeded with ``settings.seed`` and the
-        latent's content, so the base reconstruction and a strength-0 edit are the same computation and no result
-        depends on the batch size."""
+    def generate(
+        self, model: Any, x_lat: Any, settings: SamplingSettings, batch: Batch, label: str = GENERATING
+    ) -> Any:
+        """DDIM generation from ``x_lat`` (the inputs of ``batch``); η noise from per-image generators seeded with
+        ``--seed``, the input file's content and the run's edit (fresh for every call), so the base reconstruction
+        and a strength-0 edit are the same computation and no result depends on the batch size."""
         import torch
 
         from dclip_cli.diffusion.ddim import generate
 
-        generator = settings.generators(self.session.device, x_lat) if settings.eta > 0 else None
+        generator = self.generators(batch, settings) if settings.eta > 0 else None
         with torch.no_grad():
             return generate(
                 model, x_lat, t0=settings.t0, n_steps=settings.n_gen_steps, eta=settings.eta, generator=generator,
@@ -164,6 +214,7 @@ class Run:
         base: LoadedModel,
         x0: Any,
         settings: SamplingSettings,
+        batch: Batch,
         *,
         need_rec: bool,
         latent: Any = None,
@@ -182,12 +233,15 @@ class Run:
         import torch
 
         from dclip_cli.diffusion.ddim import invert
+        from dclip_cli.manifest import numerics_record
 
         session = self.session
         fast_base = session.fast(base.model)
         if latent is not None:
             x_lat = latent.to(session.device)
-            return x_lat, (self.generate(fast_base, x_lat, settings, RECONSTRUCTING) if need_rec else None)
+            return x_lat, (
+                self.generate(fast_base, x_lat, settings, batch, RECONSTRUCTING) if need_rec else None
+            )
         n = x0.shape[0]
         same = settings.n_gen_steps == settings.n_inv_steps and settings.eta == 0
         cache = None
@@ -222,7 +276,7 @@ class Run:
                 self.reporter.progress(RECONSTRUCTING, advance=settings.n_gen_steps,
                                        total=self.totals.get(RECONSTRUCTING), status="cached")  # fmt: skip
             else:
-                x_rec = self.generate(fast_base, x_lat, settings, RECONSTRUCTING)
+                x_rec = self.generate(fast_base, x_lat, settings, batch, RECONSTRUCTING)
         if cache is not None:
             # every new latent is stored; its reconstruction too when it is the same computation (N steps, η = 0)
             keep_rec = x_rec is not None and same
@@ -231,6 +285,7 @@ class Run:
                     cache.put(
                         x0[i : i + 1].detach().cpu(), key, settings.t0, settings.n_inv_steps, x_lat[i : i + 1],
                         x_rec[i : i + 1] if keep_rec and x_rec is not None else None,
+                        metadata={"numerics": numerics_record(session.device, session.precision_name())},
                     )  # fmt: skip
         return x_lat, x_rec
 
@@ -250,7 +305,7 @@ class Run:
         extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The sidecar document of one input: the command's ``settings`` after the shared ones."""
-        from dclip_cli.manifest import build_manifest, input_record
+        from dclip_cli.manifest import build_manifest, input_record, numerics_record
 
         session = self.session
         detection = self.inputs.detection
@@ -274,7 +329,7 @@ class Run:
             "batch_size": session.runtime.batch_size,
             "precision": session.precision_name(),
             "clip_model": session.clip_model,
-            "metrics": list(self.outputs.metrics),
+            "metrics": list(self.metric_names),
             "device": str(session.device),
         }
         docs = [m if isinstance(m, dict) else m.record() for m in models]
@@ -303,6 +358,7 @@ class Run:
             metrics=metrics,
             device=str(session.device),
             extra=extra or {},
+            numerics=numerics_record(session.device, session.precision_name()),
         )
 
     def write(
@@ -316,35 +372,42 @@ class Run:
         metrics: dict[str, float],
         doc: Callable[[], dict[str, Any]],
     ) -> None:
-        """Write one input's image, optional compare sheet and intermediates, then its sidecar; on any failure
-        remove what was written for it, so no partial set is left."""
+        """Write one input's image, optional compare sheet and intermediates, and its sidecar as one set: the files
+        are renamed into place only once all of them are complete (``--overwrite`` keeps the previous set until
+        then), and no image is written from non-finite values. Then report the written paths (an ``output``
+        event), so a caller interrupted later still knows what was completed."""
         from dclip_cli import images
         from dclip_cli.manifest import write_manifest
+        from dclip_cli.outputs import write_together
+        from dclip_cli.progress import Event
 
-        overwrite = self.outputs.overwrite
-        written: list[Path] = []
-        try:
-            images.save_image(main, plan.image, overwrite=overwrite)
-            written.append(plan.image)
-            if plan.compare is not None and compare is not None:
-                images.save_image(
-                    images.image_grid(compare[0], compare[1]), plan.compare, overwrite=overwrite
+        document = doc()
+        files: list[tuple[Path, Callable[[Path], object]]] = [
+            (plan.image, lambda p: images.save_image(main, p, overwrite=True))
+        ]
+        if plan.compare is not None and compare is not None:
+            panels, labels = compare
+            files.append(
+                (
+                    plan.compare,
+                    lambda p: images.save_image(images.image_grid(panels, labels), p, overwrite=True),
                 )
-                written.append(plan.compare)
-            for path, x in zip(plan.intermediates, intermediates, strict=True):
-                images.save_image(x, path, overwrite=overwrite)
-                written.append(path)
-            document = doc()
-            write_manifest(plan.sidecar, document, overwrite=overwrite)
-            written.append(plan.sidecar)
-        except BaseException:
-            for p in written:
-                with contextlib.suppress(OSError):
-                    p.unlink()
-            raise
-        self.results.append(ImageResult(inp.path, plan, metrics, document))
+            )
+        for path, x in zip(plan.intermediates, intermediates, strict=True):
+            files.append((path, partial(_save_image, x)))
+        files.append((plan.sidecar, lambda p: write_manifest(p, document, overwrite=True)))
+        write_together(files, overwrite=self.outputs.overwrite)
+        result = ImageResult(inp.path, plan, metrics, document)
+        self.results.append(result)
+        self.reporter.emit(Event("output", data={"result": result}))
 
     def report(self, models: Sequence[LoadedModel]) -> RunReport:
         return RunReport(
             self.results, self.inputs.failed, self.preset.name, self.inputs.detection, list(models)
         )
+
+
+def _save_image(x: Any, path: Path) -> None:
+    from dclip_cli import images
+
+    images.save_image(x, path, overwrite=True)

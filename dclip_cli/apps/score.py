@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from dclip_cli.apps.config import ALL_METRICS, Runtime
+from dclip_cli.apps.config import Runtime, choose_metrics
 from dclip_cli.apps.session import Session
 from dclip_cli.progress import ProgressCallback, Reporter
 
@@ -18,7 +18,7 @@ def score_images(
     trg: str,
     domain: str | None = None,
     size: int | None = None,
-    metrics: Sequence[str] = ALL_METRICS,
+    metrics: Sequence[str] | None = None,
     runtime: Runtime = Runtime(),
     progress: Reporter | ProgressCallback | None = None,
     session: Session | None = None,
@@ -27,6 +27,8 @@ def score_images(
 
     Both images are centre-cropped and resized to ``size`` (the preset's size and aligner with ``domain``). The
     identity similarity needs ``domain`` naming a preset with an identity model; ``psnr`` is between the two images.
+    ``metrics``: ``None`` computes every metric that applies, skipping (with a warning) one whose network cannot
+    be loaded; named metrics must all be computed (an error otherwise).
 
     Returns:
         ``{"clip_directional", "clip_target", "lpips", "identity", "psnr"}`` (those that could be computed).
@@ -43,11 +45,13 @@ def score_images(
         aligner = session.registry.aligners.get(preset.aligner)
     x_src, _ = images.load_and_prepare(source, size, aligner=aligner)
     x_edit, _ = images.load_and_prepare(edited, size, aligner=aligner)
-    metrics = tuple(metrics)
-    models = session.metric_models(preset, [m for m in metrics if m != "psnr"])
+    names, required = choose_metrics(
+        tuple(metrics) if metrics is not None else None, preset, reconstruction=True, psnr_possible=True
+    )
+    models = session.metric_models(preset, [m for m in names if m != "psnr"], required=required)
     row = compute_metrics(
         models, x_src=x_src.to(session.device), x_edit=x_edit.to(session.device), src_text=src, trg_text=trg
     )[0]
-    if "psnr" in metrics:
+    if "psnr" in names:
         row["psnr"] = float(psnr(x_edit, x_src)[0])
     return row

@@ -57,6 +57,9 @@ class Session:
         self._lpips: Any = None
         self._identity: dict[str, Any] = {}
         self.extra_models: list[dict[str, Any]] = []
+        #: whether the user already agreed to a long run in this session (later estimates do not ask again)
+        self.approved = False
+        self._per_call: dict[tuple[Any, ...], float] = {}
 
     # -- speed ---------------------------------------------------------------------------------------------------
 
@@ -84,14 +87,62 @@ class Session:
             del self._fast[key]
         return hit[1]
 
-    def announce_estimate(self, model: Any, x: Any, n_calls: int) -> None:
-        """Before a long CPU run, time one UNet call on ``x`` (one batch) and say how long ``n_calls`` will take."""
-        from dclip_cli.estimate import announce_estimate
+    def check_time(
+        self,
+        model: Any,
+        x: Any,
+        *,
+        infer_calls: int,
+        train_calls: int = 0,
+        checkpointing: bool = False,
+        what: str = "",
+        choices: Sequence[str] = (),
+    ) -> None:
+        """Before the run's UNet calls, estimate their time from one warm call of ``model`` (in this session's
+        precision) on ``x`` (one batch), say it, and, when it is long, ask or stop as the runtime's ``long_runs``
+        says (:func:`dclip_cli.estimate.check_estimate`).
 
-        announce_estimate(
-            self.reporter, self.fast(model), x, infer_calls=n_calls, dtype=self.precision, device=self.device,
-            advice="Use a GPU or fewer --steps to go faster.",
+        Raises:
+            NotConfirmedError: the run is long and was not confirmed.
+        """
+        from dclip_cli.estimate import check_estimate, estimate_run
+
+        long_runs = None if self.approved else self.runtime.long_runs
+        if self.reporter.callback is None and long_runs is None:
+            return
+        fast = self.fast(model)
+        key = (id(fast), tuple(x.shape))
+        estimate = estimate_run(
+            fast, x, infer_calls=infer_calls, train_calls=train_calls, checkpointing=checkpointing,
+            dtype=self.precision, device=self.device, what=what, seconds_per_call=self._per_call.get(key),
         )  # fmt: skip
+        if estimate is not None:
+            self._per_call[key] = estimate.per_call
+        if check_estimate(self.reporter, estimate, long_runs=long_runs, choices=choices):
+            self.approved = True
+
+    def confirm(self, message: str, choices: Sequence[str]) -> None:
+        """Before doing more than the user may expect (``message`` says what): go on with a warning when the
+        runtime has no ``long_runs`` policy (the library default, ``--yes``) or the user already agreed; else ask
+        on a terminal, or stop.
+
+        Raises:
+            NotConfirmedError: no terminal to ask on, or the user declined; the error lists ``choices``.
+        """
+        from dclip_cli.errors import NotConfirmedError
+
+        policy = self.runtime.long_runs
+        if policy is None or self.approved:
+            self.reporter.warn(message)
+            return
+        options = "; ".join(choices)
+        if policy.ask is not None and policy.ask(f"{message} Other choices: {options}. Go on?"):
+            self.approved = True
+            return
+        raise NotConfirmedError(
+            message + " Stopped before starting; nothing was written.",
+            hint=f"Choose: {options}; or pass --yes to go on.",
+        )
 
     def precision_name(self) -> str:
         """``fp32``, ``bf16`` or ``fp16``: what the UNets of this session compute in (for the sidecars)."""
@@ -188,24 +239,37 @@ class Session:
             self.extra_models.append(model_record("identity", checkpoint, path=weights))
         return self._identity[name]
 
-    def metric_models(self, preset: Preset | None, wanted: Sequence[str]) -> Any:
-        """Load the networks for the ``wanted`` metrics; one that cannot be loaded is skipped with a warning."""
+    def metric_models(self, preset: Preset | None, wanted: Sequence[str], *, required: bool = False) -> Any:
+        """Load the networks for the ``wanted`` metrics.
+
+        Args:
+            preset: the run's preset (for the identity network).
+            wanted: metric names (``clip``, ``lpips``, ``identity``; ``psnr`` needs no network).
+            required: the metrics were asked for explicitly: one that cannot be loaded is an error. Otherwise it is
+                skipped with one warning naming the fix.
+
+        Raises:
+            DclipError: ``required`` and a network cannot be loaded (its own error, naming the metric).
+        """
         from dclip_cli.metrics import MetricModels
 
         models = MetricModels()
-        if "clip" in wanted:
+        loaders: list[tuple[str, str, Any]] = [
+            ("clip", "CLIP metrics", lambda: self.clip()),
+            ("lpips", "LPIPS", lambda: self.lpips().per_sample),
+            ("identity", "Identity similarity", lambda: self.identity(preset) if preset else None),
+        ]
+        for name, label, load in loaders:
+            if name not in wanted:
+                continue
             try:
-                models.clip = self.clip()
+                setattr(models, name, load())
             except DclipError as exc:
-                self.reporter.warn(f"CLIP metrics skipped: {exc.message}")
-        if "lpips" in wanted:
-            try:
-                models.lpips = self.lpips().per_sample
-            except DclipError as exc:
-                self.reporter.warn(f"LPIPS skipped: {exc.message}")
-        if "identity" in wanted and preset is not None:
-            try:
-                models.identity = self.identity(preset)
-            except DclipError as exc:
-                self.reporter.warn(f"Identity similarity skipped: {exc.message}")
+                if required:
+                    raise type(exc)(
+                        f"{label} cannot be computed ('--metrics {name}' was asked for): {exc.message}",
+                        hint=exc.hint,
+                    ) from exc
+                fix = f" {exc.hint}" if exc.hint else ""
+                self.reporter.warn(f"{label} skipped: {exc.message}{fix}")
         return models

@@ -18,6 +18,7 @@ from dclip_cli.apps.config import (
     AutoFinetune,
     RunConfig,
     check_strength,
+    choose_metrics,
     resolve_sampling,
     resolve_t0,
 )
@@ -26,6 +27,7 @@ from dclip_cli.apps.pipeline import GENERATING, INVERTING, PROJECTING, Run, RunR
 from dclip_cli.apps.resolve import resolve_edit_model
 from dclip_cli.apps.session import Session
 from dclip_cli.errors import ConfigError
+from dclip_cli.estimate import GPU_CHOICE
 from dclip_cli.progress import ProgressCallback, Reporter
 
 #: points of the projection's DDIM sequence in unseen-domain translation (hard-coded in the original, section 11.3)
@@ -76,19 +78,29 @@ def translate_images(
     sampling, outputs, auto = config.sampling, config.outputs, config.auto
     session = session or Session(config.runtime, progress=progress)
 
-    inputs = prepare_inputs(session, paths, domain)
+    inputs = prepare_inputs(session, paths, domain, edits=[to] if to is not None else [])
     preset = inputs.preset
     target = parse_target(preset, to, src) if to is not None else None
+    tag = "translate" if target is None else f"translate-{target.tag}"
     plans = plan_images(
-        [inp.path for inp in inputs.images], "translate" if target is None else f"translate-{target.tag}",
+        [inp.path for inp in inputs.images], tag,
         outputs.output, compare=outputs.compare, intermediates=iterations if save_intermediates else 0,
         overwrite=outputs.overwrite,
     )  # fmt: skip
-    run = Run(session, "translate", inputs, plans, outputs)
+    run = Run(session, "translate", inputs, plans, outputs, salt=tag)
     edit_t0 = [target.t0] if target is not None else []
     settings = resolve_sampling(preset, sampling, t0=resolve_t0(preset, requested=sampling.t0, edits=edit_t0))
 
+    # the metric networks first (an explicit --metrics that cannot be computed stops here); translate has no
+    # reconstruction, so no PSNR
+    wanted, required = choose_metrics(outputs.metrics, preset, reconstruction=False, psnr_possible=False)
+    with run.timings.measure("model"):
+        metric_models = session.metric_models(preset, wanted, required=required)
+    run.metric_names = metric_models.computed(wanted)
+
     edit_model = None
+    n_img = len(inputs.images)
+    per_image = TRANSLATION_STEPS * iterations + settings.n_inv_steps - 1 + settings.n_gen_steps
     with run.timings.measure("model"):
         base = session.base(preset)
         if target is not None:
@@ -99,11 +111,11 @@ def translate_images(
                 settings,
                 model=model,
                 auto=AutoFinetune(auto.allowed, max(auto.samples, 1)),
+                then=(per_image * n_img, f"then translating {n_img} image(s)"),
             )
             t0 = resolve_t0(preset, requested=sampling.t0, models=[edit_model.t0], edits=edit_t0)
             if t0 != settings.t0:
                 settings = resolve_sampling(preset, sampling, t0=t0)
-        metric_models = session.metric_models(preset, outputs.metrics)
 
     n = run.n_batches
     run.plan(
@@ -113,11 +125,15 @@ def translate_images(
             GENERATING: settings.n_gen_steps * n if target is not None else 0,
         },
         base.model,
+        what=f"translating {n_img} image(s) in {iterations} rounds"
+        + (", then editing them" if target else ""),
+        choices=["fewer rounds (--iterations 4)", GPU_CHOICE],
     )
     fast_base = session.fast(base.model)
     for batch in run.batches():
         x0 = batch.x0
-        generator = settings.generators(session.device, x0)  # per image: independent of the batching
+        # per image, from --seed, the input's content and the run (independent of the batching)
+        generator = settings.image_generators(session.device, batch.keys, f"{tag}/projection")
         rounds: list[Any] = []
         x = x0
         with batch.timings.measure("translation"), torch.no_grad():
@@ -130,11 +146,11 @@ def translate_images(
         x_proj = x_out = x
         if target is not None and edit_model is not None:
             with batch.timings.measure("inversion"):
-                x_lat, _ = run.invert(base, x_proj, settings, need_rec=False, use_cache=False)
+                x_lat, _ = run.invert(base, x_proj, settings, batch, need_rec=False, use_cache=False)
             fast_edit = session.fast(edit_model.model)
             eps_model = fast_edit if strength == 1.0 else blend(fast_base, fast_edit, strength)
             with batch.timings.measure("generation"):
-                x_out = run.generate(eps_model, x_lat, settings)
+                x_out = run.generate(eps_model, x_lat, settings, batch)
         with batch.timings.measure("metrics"):
             if target is not None:
                 rows = compute_metrics(metric_models, x_src=x_proj, x_edit=x_out, src_text=target.src,

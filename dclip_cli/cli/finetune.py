@@ -22,6 +22,7 @@ from dclip_cli.cli.options import (
     StepsOpt,
     T0Opt,
 )
+from dclip_cli.cli.settings import YesOpt
 
 EXAMPLES = """
 Examples:
@@ -140,6 +141,7 @@ def finetune_command(
     precision: PrecisionOpt = Precision.auto,
     checkpointing: CheckpointingOpt = Checkpointing.auto,
     overwrite: OverwriteOpt = False,
+    yes: YesOpt = False,
 ) -> None:
     """Fine-tune the diffusion model of a domain for text edits and save the result."""
     from rich.markup import escape
@@ -148,6 +150,8 @@ def finetune_command(
     from dclip_cli import api, console
     from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
     from dclip_cli.cli.display import Display
+    from dclip_cli.cli.settings import long_runs_policy
+    from dclip_cli.progress import Event
 
     if domain is None:
         raise typer.BadParameter("choose a domain, for example --domain face.", param_hint="'--domain'")
@@ -176,27 +180,40 @@ def finetune_command(
     }
     state = get_state(ctx)
     tune_runtime(state)
-    with Display() as display:
-        result = api.run_finetune(
-            preset,
-            edits=list(edit or []),
-            texts=texts,
-            src_text=src,
-            images=images,
-            n_samples=samples,
-            overrides=overrides,
-            checkpoint=checkpoint,
-            clip_model=clip_model,
-            device=state.device,
-            output=output,
-            library=library,
-            save_dtype=save_dtype.value,
-            overwrite=overwrite,
-            run_dir=run_dir,
-            resume=resume,
-            n_preview=previews,
-            progress=display,
-        )
+    saved: list[Path] = []  # artifacts of the edits finished so far, printed even if the run is interrupted
+
+    def on_event(event: Event) -> None:
+        if event.kind == "pair_end":
+            saved.extend(event.data["result"].artifacts)
+        display(event)
+
+    try:
+        with Display() as display:
+            result = api.run_finetune(
+                preset,
+                edits=list(edit or []),
+                texts=texts,
+                src_text=src,
+                images=images,
+                n_samples=samples,
+                overrides=overrides,
+                checkpoint=checkpoint,
+                clip_model=clip_model,
+                device=state.device,
+                output=output,
+                library=library,
+                save_dtype=save_dtype.value,
+                overwrite=overwrite,
+                run_dir=run_dir,
+                resume=resume,
+                n_preview=previews,
+                long_runs=long_runs_policy(yes, display),
+                progress=on_event,
+            )
+    except KeyboardInterrupt:
+        for path in saved:
+            console.out.print(str(path), markup=False, highlight=False, soft_wrap=True)
+        raise
 
     if not console.is_quiet():
         table = Table(

@@ -20,6 +20,7 @@ from dclip_cli.cli.options import (
     RequireFaceOpt,
     T0Opt,
 )
+from dclip_cli.cli.settings import YesOpt
 
 EXAMPLES = """
 Examples:
@@ -72,6 +73,7 @@ def invert_command(
     overwrite: OverwriteOpt = False,
     precision: PrecisionOpt = Precision.auto,
     compile: CompileOpt = False,
+    yes: YesOpt = False,
 ) -> None:
     """Invert images to DDIM latents (.safetensors) and save their reconstructions."""
     import json
@@ -82,6 +84,7 @@ def invert_command(
     from dclip_cli import api, console
     from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
     from dclip_cli.cli.display import Display
+    from dclip_cli.cli.settings import long_runs_policy, printing_outputs
 
     if arch_config is not None and checkpoint is None:
         raise typer.BadParameter(
@@ -106,15 +109,16 @@ def invert_command(
     load_registry_with_warnings()
     state = get_state(ctx)
     tune_runtime(state)
-    with Display() as display:
+    with Display() as display, printing_outputs(display, lambda r: [r.latent, r.reconstruction]) as progress:
         report = api.invert_images(
             images, domain=domain, checkpoint=checkpoint, arch_config=arch_config,
             config=api.RunConfig(
                 sampling=api.Sampling(t0=t0, inv_steps=inv_steps), outputs=api.Outputs(output=output, overwrite=overwrite),
                 runtime=api.Runtime(device=state.device, precision=precision.value, compile=compile,
-                                    batch_size=batch_size, require_face=require_face),
+                                    batch_size=batch_size, require_face=require_face,
+                                    long_runs=long_runs_policy(yes, display)),
             ),
-            progress=display,
+            progress=progress,
         )  # fmt: skip
 
     if json_output:

@@ -115,7 +115,11 @@ ClipModelOpt = Annotated[
 ]
 MetricsOpt = Annotated[
     str,
-    typer.Option("--metrics", help="Metrics to compute: all, none, or a list of clip,lpips,identity,psnr."),
+    typer.Option(
+        "--metrics",
+        help="Metrics: auto (those costing no extra diffusion pass, skipped with a warning when unavailable), "
+        "all, none, or a list of clip,lpips,identity,psnr (an error when one cannot be computed).",
+    ),
 ]
 FinetuneOpt = Annotated[
     bool,

@@ -80,19 +80,27 @@ def _fmt(value: float | None) -> str:
     return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
 
 
+def print_results(results: list[Any], *, as_json: bool) -> None:
+    """Print the written outputs on stdout: one path per line (image, compare sheet, intermediates), or the
+    sidecars as a JSON list."""
+    from dclip_cli import console
+
+    if as_json:
+        console.out.print_json(json.dumps([r.manifest for r in results]))
+        return
+    for r in results:
+        for path in [r.outputs.image, r.outputs.compare, *r.outputs.intermediates]:
+            if path is not None:
+                console.out.print(str(path), markup=False, highlight=False, soft_wrap=True)
+
+
 def render_report(report: Any, *, as_json: bool, title: str) -> None:
     """Print a run's outputs (stdout), its metrics table (stderr) and skipped inputs; exit 1 if any failed."""
     from rich.markup import escape
 
     from dclip_cli import console
 
-    if as_json:
-        console.out.print_json(json.dumps([r.manifest for r in report.results]))
-    else:
-        for r in report.results:
-            for path in [r.outputs.image, r.outputs.compare, *r.outputs.intermediates]:
-                if path is not None:
-                    console.out.print(str(path), markup=False, highlight=False, soft_wrap=True)
+    print_results(report.results, as_json=as_json)
     if not console.is_quiet() and report.results and any(r.metrics for r in report.results):
         rows = [(r.outputs.image.name, r.metrics) for r in report.results]
         console.err.print(metrics_table(title, rows))

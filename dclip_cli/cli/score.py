@@ -43,7 +43,7 @@ def score_command(
         ),
     ] = None,
     clip_model: ClipModelOpt = "ViT-B/16",
-    metrics: MetricsOpt = "all",
+    metrics: MetricsOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Score an edit: CLIP directional and target similarity, LPIPS, identity (faces) and PSNR."""

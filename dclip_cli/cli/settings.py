@@ -9,11 +9,14 @@ torch. :func:`run_and_render` then runs the application under the progress displ
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import inspect
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -39,6 +42,21 @@ from dclip_cli.cli.options import (
     T0Opt,
 )
 
+if TYPE_CHECKING:
+    from dclip_cli.cli.display import Display
+    from dclip_cli.estimate import LongRuns
+    from dclip_cli.progress import Event
+
+YesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--yes",
+        "-y",
+        help="Start a run estimated to take long (over DCLIP_CONFIRM_MINUTES, 10 by default) or to fine-tune "
+        "anew without asking.",
+    ),
+]
+
 
 @dataclass(frozen=True)
 class RunSettings:
@@ -47,6 +65,7 @@ class RunSettings:
     config: RunConfig
     as_json: bool = False
     quiet: bool = False
+    yes: bool = False
 
 
 def _shared_parameters(compare_help: str) -> list[inspect.Parameter]:
@@ -63,7 +82,7 @@ def _shared_parameters(compare_help: str) -> list[inspect.Parameter]:
         ("output", OutputOpt, None),
         ("overwrite", OverwriteOpt, False),
         ("clip_model", ClipModelOpt, "ViT-B/16"),
-        ("metrics", MetricsOpt, "all"),
+        ("metrics", MetricsOpt, "auto"),
         ("finetune", FinetuneOpt, True),
         ("finetune_samples", FinetuneSamplesOpt, 8),
         ("as_json", JsonOpt, False),
@@ -71,6 +90,7 @@ def _shared_parameters(compare_help: str) -> list[inspect.Parameter]:
         ("require_face", RequireFaceOpt, False),
         ("precision", PrecisionOpt, Precision.auto),
         ("compile", CompileOpt, False),
+        ("yes", YesOpt, False),
     ]
     return [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d) for n, a, d in spec]
 
@@ -97,7 +117,58 @@ def build_settings(ctx: typer.Context, values: dict[str, Any]) -> RunSettings:
         ),
         auto=AutoFinetune(allowed=values["finetune"], samples=values["finetune_samples"]),
     )  # fmt: skip
-    return RunSettings(config, as_json=values["as_json"], quiet=values["quiet"])
+    return RunSettings(config, as_json=values["as_json"], quiet=values["quiet"], yes=values["yes"])
+
+
+def long_runs_policy(yes: bool, display: Display | None = None) -> LongRuns | None:
+    """What a command does before a long run: nothing with ``--yes``; else ask on a terminal (pausing the progress
+    display), or stop without one (:mod:`dclip_cli.estimate`)."""
+    if yes:
+        return None
+    from dclip_cli import console
+    from dclip_cli.estimate import LongRuns, confirm_threshold_seconds
+
+    interactive = sys.stdin.isatty() and console.err.is_terminal
+    return LongRuns(
+        confirm_threshold_seconds(), functools.partial(ask_user, display) if interactive else None
+    )
+
+
+@contextlib.contextmanager
+def printing_outputs(
+    display: Display, paths: Callable[[Any], list[Any]]
+) -> Iterator[Callable[[Event], None]]:
+    """A progress callback for ``display`` that remembers the results of ``output`` events; if the block is
+    interrupted (Ctrl-C), their files (``paths(result)``) are printed on stdout first, so a script keeps track of
+    what was completed."""
+    from dclip_cli import console
+
+    done: list[Any] = []
+
+    def progress(event: Event) -> None:
+        if event.kind == "output":
+            done.append(event.data["result"])
+        display(event)
+
+    try:
+        yield progress
+    except KeyboardInterrupt:
+        for result in done:
+            for path in paths(result):
+                console.out.print(str(path), markup=False, highlight=False, soft_wrap=True)
+        raise
+
+
+def ask_user(display: Display | None, question: str) -> bool:
+    """Ask a yes/no question on the terminal (stderr), with the progress bars paused."""
+    progress = display.progress if display is not None else None
+    if progress is not None:
+        progress.stop()
+    try:
+        return bool(typer.confirm(question, default=False, err=True))
+    finally:
+        if progress is not None:
+            progress.start()
 
 
 def run_options(*, compare_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -130,11 +201,27 @@ def run_and_render(
     ctx: typer.Context, run: RunSettings, app: Callable[..., Any], *args: Any, title: str, **kwargs: Any
 ) -> None:
     """Run an editing application (``edit_images``, ``mix_images``, ``translate_images``) with the command's
-    settings under the progress display, then print its outputs and metrics (:func:`render_report`)."""
+    settings under the progress display, then print its outputs and metrics (:func:`render_report`).
+
+    Interrupted (Ctrl-C), it still prints the outputs completed so far on stdout, so a script keeps track of them.
+    """
     from dclip_cli.cli.display import Display
-    from dclip_cli.cli.report import render_report, start_run
+    from dclip_cli.cli.report import print_results, render_report, start_run
 
     start_run(ctx, run.quiet)
-    with Display() as display:
-        report = app(*args, config=run.config, progress=display, **kwargs)
+    done: list[Any] = []
+    try:
+        with Display() as display:
+
+            def progress(event: Event) -> None:
+                if event.kind == "output":
+                    done.append(event.data["result"])
+                display(event)
+
+            runtime = dataclasses.replace(run.config.runtime, long_runs=long_runs_policy(run.yes, display))
+            config = dataclasses.replace(run.config, runtime=runtime)
+            report = app(*args, config=config, progress=progress, **kwargs)
+    except KeyboardInterrupt:
+        print_results(done, as_json=run.as_json)
+        raise
     render_report(report, as_json=run.as_json, title=title)

@@ -50,7 +50,7 @@ def ui_command(
     precision: PrecisionOpt = Precision.auto,
     compile: CompileOpt = False,
     clip_model: ClipModelOpt = "ViT-B/16",
-    metrics: MetricsOpt = "all",
+    metrics: MetricsOpt = "auto",
     batch_size: BatchSizeOpt = 4,
     outputs: Annotated[
         Path | None,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dclip_cli.errors import CheckpointError, UnsafeCheckpointError
+from dclip_cli.errors import CheckpointError, NonFiniteWeightsError, UnsafeCheckpointError
 
 #: keys of common checkpoint containers that hold the state dict
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net")
@@ -77,8 +77,34 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     Raises:
         CheckpointError: the file is missing, unreadable or holds no state dict.
         UnsafeCheckpointError: the pickle would need arbitrary code to load.
+        NonFiniteWeightsError: a floating-point tensor holds NaN or infinite values.
     """
-    path = Path(path)
+    state_dict, metadata = _load_checkpoint(Path(path))
+    check_finite(state_dict, path)
+    return state_dict, metadata
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """Refuse weights holding NaN or infinite values: they would only give NaN (grey) images.
+
+    Raises:
+        NonFiniteWeightsError: naming how many tensors are affected and the first one.
+    """
+    # a float64 sum is finite exactly when every element is (no float32 values can overflow it), in one fast pass
+    bad = [
+        k
+        for k, v in state_dict.items()
+        if v.is_floating_point() and not bool(torch.isfinite(v.sum(dtype=torch.float64)))
+    ]
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{path} holds NaN or infinite values in {len(bad)} of its {len(state_dict)} tensors (the first is "
+            f"{bad[0]!r}), so it was refused.",
+            hint="The file is damaged or comes from a training run that diverged; download it or fine-tune it again.",
+        )
+
+
+def _load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not path.is_file():
         raise CheckpointError(
             f"Checkpoint file {path} does not exist.",

@@ -14,6 +14,8 @@ from typing import Any, Literal
 from dclip_cli.errors import PresetError
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_\-]*")
+#: longest edit key (keys name output files and library entries)
+MAX_EDIT_KEY = 64
 
 FinetuneMode = Literal["original", "efficient"]
 Preprocess = Literal["center_crop", "align"]
@@ -137,7 +139,12 @@ class Preset:
         if self.lr <= 0:
             problems.append(f"lr {self.lr} must be positive")
         for key, edit in self.edits.items():
-            if not isinstance(edit, Edit):
+            if not isinstance(key, str) or not _NAME_RE.fullmatch(key) or len(key) > MAX_EDIT_KEY:
+                problems.append(
+                    f"edit key {key!r} must be lower case letters, digits, '-' or '_' (at most {MAX_EDIT_KEY}), "
+                    "because it names output files and library entries"
+                )
+            elif not isinstance(edit, Edit):
                 problems.append(f"edit {key!r} is a {type(edit).__name__}, not an Edit")
             elif edit.key != key:
                 problems.append(f"edit registered as {key!r} has key {edit.key!r}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -160,14 +161,16 @@ def find_match(
     trg_text: str,
     *,
     base_sha256: str | None,
-    t0: int,
+    t0: int | None,
+    accept: Callable[[dict[str, Any]], bool] | None = None,
     progress: Reporter | ProgressCallback | None = None,
 ) -> Path | None:
     """The newest artifact in the edit library made for this preset's base with these texts and this t0.
 
-    An artifact matches when its metadata records the same source and target text and the same t0, and was made
-    from the same base checkpoint (its SHA-256 when recorded, else the preset's checkpoint name). An entry that
-    cannot be read is skipped with one warning (to ``progress``) naming the file and ``dclip models rm``.
+    An artifact matches when its metadata records the same source and target text and the same t0 (any t0 when
+    ``t0`` is ``None``), was made from the same base checkpoint (its SHA-256 when recorded, else the preset's
+    checkpoint name), and ``accept(metadata)`` is true when given. An entry that cannot be read is skipped with one
+    warning (to ``progress``) naming the file and ``dclip models rm``.
     """
     from dclip_cli.errors import DclipError
 
@@ -187,7 +190,9 @@ def find_match(
         meta = info.metadata
         if meta.get("src_text") != src_text or meta.get("trg_text") != trg_text:
             continue
-        if meta.get("t0") is None or _whole(meta["t0"]) != t0:
+        if meta.get("t0") is None or (t0 is not None and _whole(meta["t0"]) != t0):
+            continue
+        if accept is not None and not accept(meta):
             continue
         art_sha = meta.get("base_sha256")
         if art_sha and base_sha256:

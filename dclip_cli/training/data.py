@@ -4,9 +4,10 @@ with their DDIM inversions (content-keyed latent cache, reference sections 8.2 a
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,6 +16,9 @@ from dclip_cli.latents import LatentCache, tensor_sha256
 from dclip_cli.presets.preset import Preset
 from dclip_cli.progress import Event, Reporter
 from dclip_cli.training.loop import model_device
+
+if TYPE_CHECKING:
+    from dclip_cli.training.config import FinetuneConfig
 
 
 @dataclass
@@ -64,10 +68,10 @@ _PHASES = {
 }
 
 
-def _phase(reporter: Reporter, phase: str, done: int, total: int) -> None:
+def _phase(reporter: Reporter, phase: str, done: int, total: int, status: str = "") -> None:
     """A ``progress`` event of a data phase; ``data["phase"]`` is ``load``, ``sample`` or ``invert``."""
     label = reporter.prefix + _PHASES[phase]
-    reporter.emit(Event("progress", label, done=done, total=total, data={"phase": phase}))
+    reporter.emit(Event("progress", label, done=done, total=total, status=status, data={"phase": phase}))
 
 
 @torch.no_grad()
@@ -79,11 +83,17 @@ def draw_samples(
     n_steps: int,
     batch_size: int = 4,
     reporter: Reporter | None = None,
+    keep: Callable[[int, torch.Tensor], None] | None = None,
+    done: Mapping[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Draw ``n`` images from the base model by DDIM (η = 0) from seeded Gaussian noise at t = 999.
 
     The noise is drawn on the CPU from ``torch.Generator().manual_seed(seed)``, so the samples do not depend on
-    the device or the batch size (up to floating-point differences).
+    the device or the batch size (up to floating-point differences). Progress is reported per DDIM step.
+
+    Args:
+        keep: called with ``(start index, samples)`` for every batch as soon as it is drawn (to store it).
+        done: batches drawn before, by start index; they are used instead of drawing them again.
 
     Returns:
         (n, 3, S, S) images clamped to [-1, 1], on the CPU.
@@ -95,14 +105,61 @@ def draw_samples(
     size = int(getattr(model, "image_size", 256))
     device = model_device(model)
     noise = torch.randn((n, 3, size, size), generator=torch.Generator().manual_seed(seed))
-    out = []
+    slots: list[torch.Tensor | None] = [None] * n
+    for start, x in (done or {}).items():
+        for j in range(x.shape[0]):
+            if 0 <= start + j < n:
+                slots[start + j] = x[j : j + 1]
+    todo = [i for i in range(0, n, batch_size) if any(s is None for s in slots[i : i + batch_size])]
+    total = len(todo) * n_steps
     model.eval()
-    for start in range(0, n, batch_size):
+    for k, start in enumerate(todo):
         x_t = noise[start : start + batch_size].to(device)
-        x0 = generate(model, x_t, t0=NUM_TIMESTEPS - 1, n_steps=n_steps)
-        out.append(x0.clamp(-1, 1).cpu())
-        _phase(reporter, "sample", min(start + batch_size, n), n)
-    return torch.cat(out) if out else noise[:0]
+        drawn = sum(s is not None for s in slots)
+
+        def step(info: dict[str, object], k: int = k, drawn: int = drawn) -> None:
+            done_calls = min(k * n_steps + int(info["step"]), total)  # type: ignore[call-overload]
+            _phase(reporter, "sample", done_calls, total, f"{drawn}/{n} drawn")
+
+        x0 = generate(model, x_t, t0=NUM_TIMESTEPS - 1, n_steps=n_steps, callback=step).clamp(-1, 1).cpu()
+        for j in range(x0.shape[0]):
+            slots[start + j] = x0[j : j + 1]
+        if keep is not None:
+            keep(start, x0)
+    if not todo:
+        _phase(reporter, "sample", n, n, f"{n}/{n} drawn")
+    return torch.cat([s for s in slots if s is not None]) if n else noise[:0]
+
+
+def _samples_folder(root: Path, model_sha256: str, seed: int, n_steps: int, n: int, batch_size: int) -> Path:
+    return root / f"{model_sha256[:16]}_seed{seed}_steps{n_steps}_n{n}_b{batch_size}"
+
+
+def _read_batches(folder: Path) -> dict[int, torch.Tensor]:
+    """The batches already stored in a samples folder, by start index (unreadable files are ignored)."""
+    from safetensors.torch import load_file
+
+    found: dict[int, torch.Tensor] = {}
+    if folder.is_dir():
+        for path in sorted(folder.glob("batch-*.safetensors")):
+            try:
+                found[int(path.stem.split("-")[1])] = load_file(str(path))["x0"]
+            except Exception:  # noqa: BLE001, S112 - a damaged file is drawn again
+                continue
+    return found
+
+
+def samples_to_draw(
+    n: int, *, model_sha256: str, seed: int, n_steps: int, batch_size: int = 4, cache_root: Path | None = None
+) -> int:
+    """How many of :func:`cached_samples`'s ``n`` samples are not in the cache yet (for the time estimate)."""
+    if cache_root is None:
+        from dclip_cli.checkpoints.cache import cache_dir
+
+        cache_root = cache_dir() / "samples"
+    folder = _samples_folder(Path(cache_root), model_sha256, seed, n_steps, n, batch_size)
+    done = sum(int(x.shape[0]) for x in _read_batches(folder).values())
+    return max(0, n - done)
 
 
 def cached_samples(
@@ -116,11 +173,12 @@ def cached_samples(
     cache_root: str | os.PathLike[str] | None = None,
     reporter: Reporter | None = None,
 ) -> torch.Tensor:
-    """:func:`draw_samples`, stored in ``<cache_dir>/samples`` keyed by model SHA-256, seed, steps and count.
+    """:func:`draw_samples`, stored in ``<cache_dir>/samples`` keyed by model SHA-256, seed, steps, count and
+    batch size, one file per batch written as soon as the batch is drawn.
 
-    A repeated or resumed run then skips the sampling (n_steps model calls per image).
+    A repeated, resumed or interrupted run then skips the batches already drawn (n_steps model calls each).
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from dclip_cli.fileio import atomic_path
 
@@ -129,22 +187,21 @@ def cached_samples(
         from dclip_cli.checkpoints.cache import cache_dir
 
         cache_root = cache_dir() / "samples"
-    path = Path(cache_root) / f"{model_sha256[:16]}_seed{seed}_steps{n_steps}_n{n}.safetensors"
-    if path.is_file():
-        try:
-            x = load_file(str(path))["x0"]
-            if x.shape[0] == n:
-                _phase(reporter, "sample", n, n)
-                return x
-        except Exception:  # noqa: BLE001 - an unreadable entry is a miss
-            pass
-    reporter.info(f"Drawing {n} sample(s) from the base model")
-    x = draw_samples(model, n, seed=seed, n_steps=n_steps, batch_size=batch_size, reporter=reporter)
-    with atomic_path(path, overwrite=True) as tmp:
-        save_file(
-            {"x0": x.contiguous()}, str(tmp), metadata={"model_sha256": model_sha256, "seed": str(seed)}
-        )
-    return x
+    folder = _samples_folder(Path(cache_root), model_sha256, seed, n_steps, n, batch_size)
+    done = _read_batches(folder)
+    have = sum(int(x.shape[0]) for x in done.values())
+    if have < n:
+        more = f" ({have} kept from an earlier run)" if have else ""
+        reporter.info(f"Drawing {n - have} sample(s) from the base model{more}")
+
+    def keep(start: int, x: torch.Tensor) -> None:
+        meta = {"model_sha256": model_sha256, "seed": str(seed), "start": str(start)}
+        with atomic_path(folder / f"batch-{start:05d}.safetensors", overwrite=True) as tmp:
+            save_file({"x0": x.contiguous()}, str(tmp), metadata=meta)
+
+    return draw_samples(
+        model, n, seed=seed, n_steps=n_steps, batch_size=batch_size, reporter=reporter, keep=keep, done=done
+    )
 
 
 def invert_training_images(
@@ -218,3 +275,56 @@ def invert_training_images(
         keys=list(keys),
         cache_hits=hits,
     )
+
+
+def training_images(
+    preset: Preset,
+    files: Sequence[Path],
+    n_samples: int,
+    n_preview: int,
+    model: Callable[..., Any],
+    cache_sha: str,
+    cfg: FinetuneConfig,
+    reporter: Reporter,
+) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """``(x0, keys, x_preview)``: the photos and ``n_samples`` samples to train on, ``n_preview`` held-out
+    samples to preview."""
+    x0_parts: list[torch.Tensor] = []
+    keys: list[str] = []
+    if files:
+        from dclip_cli.presets.manager import get_registry
+
+        reporter.info(f"Preparing {len(files)} training image(s)")
+        aligner = None
+        if preset.preprocess == "align" and preset.aligner:
+            aligner = get_registry().aligners.get(preset.aligner)
+            if aligner is None:
+                reporter.warn(f"The aligner {preset.aligner!r} is not installed; using centre crops.")
+        x_photos, photo_keys = load_training_images(files, preset, aligner, reporter)
+        x0_parts.append(x_photos)
+        keys.extend(photo_keys)
+    if n_samples + n_preview > 0:
+        drawn = cached_samples(
+            model,  # type: ignore[arg-type]
+            n_samples + n_preview,
+            model_sha256=cache_sha,
+            seed=cfg.seed,
+            n_steps=cfg.n_gen_steps,
+            batch_size=max(cfg.batch_size, 4),
+            reporter=reporter,
+        )
+        if n_samples:
+            x0_parts.append(drawn[:n_samples])
+            keys.extend(tensor_sha256(drawn[i : i + 1]) for i in range(min(n_samples, len(drawn))))
+        x_preview = drawn[n_samples:]
+    else:
+        x_preview = torch.zeros((0, 3, preset.image_size, preset.image_size))
+    return torch.cat(x0_parts), keys, x_preview
+
+
+def uncached_latents(keys: Sequence[str], model_sha256: str, settings: set[tuple[int, int]]) -> int:
+    """How many of the inversions of images ``keys`` at each ``(t0, n_inv_steps)`` are not in the latent cache."""
+    from dclip_cli.checkpoints.cache import cache_dir
+
+    cache = LatentCache(cache_dir() / "latents")
+    return sum(not all(cache.has(k, model_sha256, t0, n)) for k in keys for t0, n in settings)

@@ -9,12 +9,11 @@ per-epoch previews on held-out samples and resumable state in a run folder, and 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,30 @@ import torch
 from torch import nn
 
 from dclip_cli.errors import ConfigError
+from dclip_cli.estimate import LongRuns, check_finetune_time
 from dclip_cli.latents import tensor_sha256
 from dclip_cli.outputs import ArtifactDest
-from dclip_cli.precision import optimize_model, precision_name, resolve_checkpointing, resolve_precision
+from dclip_cli.precision import optimize_model, precision_name, resolve_precision
 from dclip_cli.presets.preset import Preset
 from dclip_cli.progress import Event, ProgressCallback, Reporter
 from dclip_cli.textedit import TextEdit
 from dclip_cli.training.config import FinetuneConfig
-from dclip_cli.training.data import TrainingData, cached_samples, invert_training_images, load_training_images
+from dclip_cli.training.data import (
+    TrainingData,
+    invert_training_images,
+    samples_to_draw,
+    training_images,
+    uncached_latents,
+)
 from dclip_cli.training.loop import LossFn, StepInfo, TrainingState, finetune, model_device
+from dclip_cli.training.records import (  # noqa: F401 - importable from here too
+    artifact_metadata,
+    default_run_dir,
+    numerics_record,
+    run_fingerprint,
+    weights_sha256,
+)
+from dclip_cli.training.safety import edit_locks, finish_failed, reusable_artifact
 
 DEFAULT_CLIP_MODEL = "ViT-B/16"
 STATE_FILE = "state.pt"
@@ -52,6 +66,8 @@ class PairResult:
         previews: preview images written.
         resumed_from: epochs skipped because ``resume`` found them finished.
         model: the fine-tuned model when ``return_models`` was set, else ``None``.
+        reused: the artifacts were made by another process while this one waited for the edit's lock (nothing
+            was trained).
     """
 
     pair: TextEdit
@@ -63,6 +79,7 @@ class PairResult:
     previews: list[Path] = field(default_factory=list)
     resumed_from: int = 0
     model: nn.Module | None = None
+    reused: bool = False
 
 
 @dataclass
@@ -92,71 +109,6 @@ class FinetuneResult:
     @property
     def artifacts(self) -> list[Path]:
         return [p for r in self.pairs for p in r.artifacts]
-
-
-def run_fingerprint(
-    *, preset: str, base_sha256: str, pair: TextEdit, config: FinetuneConfig, image_keys: Sequence[str]
-) -> str:
-    """A hash of everything that determines a run except the number of epochs (so ``--resume`` can extend one)."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("epochs", "n_gen_steps")}
-    doc = {
-        "preset": preset,
-        "base_sha256": base_sha256,
-        "src_text": pair.src,
-        "trg_text": pair.trg,
-        "settings": settings,
-        "images": list(image_keys),
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def default_run_dir(preset: str, pair: TextEdit, fingerprint: str) -> Path:
-    """``<data_dir>/runs/<preset>-<key>-<fingerprint[:10]>``."""
-    from dclip_cli.checkpoints.cache import data_dir
-
-    return data_dir() / "runs" / f"{preset}-{pair.key}-{fingerprint[:10]}"
-
-
-def artifact_metadata(
-    *,
-    preset: str,
-    pair: TextEdit,
-    config: FinetuneConfig,
-    base_checkpoint: str,
-    base_sha256: str,
-    clip_model: str,
-    n_images: int,
-    model: nn.Module | None = None,
-) -> dict[str, Any]:
-    """The provenance stored in an artifact (see :mod:`dclip_cli.artifacts`)."""
-    meta: dict[str, Any] = {
-        "preset": preset,
-        "edit": pair.key,
-        "base_checkpoint": base_checkpoint,
-        "base_sha256": base_sha256,
-        "src_text": pair.src,
-        "trg_text": pair.trg,
-        "t0": config.t0,
-        "n_inv_steps": config.n_inv_steps,
-        "n_train_steps": config.n_train_steps,
-        "n_gen_steps": config.n_gen_steps,
-        "mode": config.mode,
-        "loss_weights": config.loss_weights(),
-        "lr": config.lr,
-        "lr_gamma": config.lr_gamma,
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "eta": config.eta,
-        "seed": config.seed,
-        "precision": config.precision,
-        "checkpointing": config.checkpointing,
-        "clip_model": clip_model,
-        "n_train_images": n_images,
-    }
-    if model is not None:
-        meta["arch"] = getattr(model, "arch", None)
-        meta["arch_config"] = getattr(model, "config", None)
-    return meta
 
 
 def _save_preview(
@@ -261,9 +213,16 @@ def run_finetune(
     resume: bool = False,
     n_preview: int = 4,
     return_models: bool = False,
+    origin: str = "finetune",
+    estimate: bool = True,
+    long_runs: LongRuns | None = None,
     progress: Reporter | ProgressCallback | None = None,
 ) -> FinetuneResult:
     """Fine-tune one or more edits of a preset from its base model and save each as an artifact.
+
+    Fine-tunes of the same edit of a preset run one at a time (:func:`dclip_cli.training.safety.edit_locks`): a
+    second run waits, then reuses what the first saved where it was going to save (``PairResult.reused``), or, with
+    ``overwrite``, trains after it.
 
     Args:
         preset: a :class:`~dclip_cli.presets.preset.Preset` or its name.
@@ -293,6 +252,10 @@ def run_finetune(
         resume: continue from the last finished epoch saved in the run folder.
         n_preview: held-out samples previewed after each epoch (0: none).
         return_models: keep each fine-tuned model in its :class:`PairResult`.
+        origin: recorded in the artifacts: ``finetune`` (trained on purpose) or ``auto`` (on the fly by an edit;
+            such an artifact never takes the place of an official model).
+        estimate: estimate the time first (leaving out cached samples and inversions), say it, and apply
+            ``long_runs`` (ask or stop before a long run; ``None``: start it).
         progress: receives :class:`~dclip_cli.progress.Event` records: ``info``, ``warning``, ``download``,
             ``progress`` (``data["phase"]`` load/sample/invert), ``pair_start`` (``data``: ``pair``, ``index``,
             ``pairs``, ``config``, ``run_dir``, ``start_epoch``), ``step`` (``data``: the
@@ -307,8 +270,9 @@ def run_finetune(
     Raises:
         ConfigError, UnknownEditError, ImageError, CheckpointError, OutputExistsError: as their names say; output
         clashes are detected before any work starts.
+        TrainingDivergedError: the loss or the weights became NaN or infinite (no artifact is saved; the state of
+            the last finished epoch stays in the run folder, whose ``run.json`` says ``diverged``).
     """
-    from dclip_cli.device import resolve_device
     from dclip_cli.images import expand_inputs
     from dclip_cli.outputs import plan_artifacts
     from dclip_cli.presets.manager import get_registry
@@ -337,6 +301,58 @@ def run_finetune(
         preset.name, text_pairs, [c.t0 for c in configs], output=output,
         library=output is None if library is None else library, library_names=library_names, overwrite=overwrite,
     )  # fmt: skip
+    with edit_locks(preset.name, [p.key for p in text_pairs], reporter):
+        reused = [
+            reusable_artifact(dests, pair, base_sha256=base_sha256, t0=cfg.t0, overwrite=overwrite)
+            for pair, cfg, dests in zip(text_pairs, configs, destinations, strict=True)
+        ]
+        if all(paths is not None for paths in reused):  # another process made them all while this one waited
+            pairs_done = [
+                _reused(p, c, paths or [], reporter)
+                for p, c, paths in zip(text_pairs, configs, reused, strict=True)
+            ]
+            base = base_checkpoint or preset.checkpoint
+            return FinetuneResult(
+                preset.name, base, base_sha256 or "", pairs_done, 0, 0, 0, time.perf_counter() - started
+            )
+        return _run(
+            preset, text_pairs, configs, destinations, files, n_samples, reporter, started, clip_loss=clip_loss,
+            clip_model=clip_model, device=device, checkpoint=checkpoint, base_model=base_model,
+            base_checkpoint=base_checkpoint, base_sha256=base_sha256, n_preview=n_preview, run_dir=run_dir,
+            resume=resume, save_dtype=save_dtype, overwrite=overwrite, return_models=return_models, origin=origin,
+            estimate=estimate, long_runs=long_runs,
+        )  # fmt: skip
+
+
+def _run(
+    preset: Preset,
+    text_pairs: Sequence[TextEdit],
+    configs: Sequence[FinetuneConfig],
+    destinations: Sequence[Sequence[ArtifactDest]],
+    files: Sequence[Path],
+    n_samples: int,
+    reporter: Reporter,
+    started: float,
+    *,
+    clip_loss: LossFn | None,
+    clip_model: str,
+    device: str | torch.device | None,
+    checkpoint: str | os.PathLike[str] | None,
+    base_model: nn.Module | None,
+    base_checkpoint: str | None,
+    base_sha256: str | None,
+    n_preview: int,
+    run_dir: str | os.PathLike[str] | None,
+    resume: bool,
+    save_dtype: str,
+    overwrite: bool,
+    return_models: bool,
+    origin: str,
+    estimate: bool,
+    long_runs: LongRuns | None,
+) -> FinetuneResult:
+    """:func:`run_finetune` once its settings are checked, its outputs planned and the edits' locks held."""
+    from dclip_cli.device import resolve_device
 
     # 1. the losses first (a missing identity model or CLIP file fails before any long work)
     if base_model is not None and device is None:
@@ -351,7 +367,7 @@ def run_finetune(
 
         model, base_name = base_model, base_checkpoint or preset.checkpoint
         # the latent cache and the artifact need an identity for the base: its file hash, else its weights' hash
-        base_sha = base_sha256_of(model, base_sha256) or _weights_sha256(model)
+        base_sha = base_sha256_of(model, base_sha256) or weights_sha256(model)
     else:
         from dclip_cli.store import load_base
 
@@ -365,21 +381,30 @@ def run_finetune(
     infer_dtype = resolve_precision(configs[0].precision, dev)
     infer_model = model if infer_dtype is None else optimize_model(model, precision=infer_dtype)
     cache_sha = base_sha if infer_dtype is None else f"{base_sha}+{precision_name(infer_dtype)}"
-    _announce_estimate(
-        reporter, infer_model, preset, configs, len(files) + n_samples, n_samples + n_preview, dev
-    )
+    # the time estimate (asking before a long run) comes before any long work; when the samples are cached it
+    # comes after loading them, so that cached inversions are left out too
+    check_time = partial(check_finetune_time, reporter=reporter, model=infer_model, configs=configs, device=dev,
+                         long_runs=long_runs, n_images=len(files) + n_samples, n_preview=n_preview,
+                         image_size=preset.image_size)  # fmt: skip
+    n_draw = samples_to_draw(n_samples + n_preview, model_sha256=cache_sha, seed=configs[0].seed,
+                             n_steps=configs[0].n_gen_steps, batch_size=max(configs[0].batch_size, 4))  # fmt: skip
+    if estimate and n_draw:
+        check_time(n_draw=n_draw, n_invert=len(files) + n_samples + n_preview)
 
     # 3. the training images (photos and/or samples) and the held-out preview samples
-    x0_all, keys, x_preview = _training_images(preset, files, n_samples, n_preview, infer_model, cache_sha,
-                                                configs[0], reporter)  # fmt: skip
+    x0_all, keys, x_preview = training_images(preset, files, n_samples, n_preview, infer_model, cache_sha,
+                                               configs[0], reporter)  # fmt: skip
     preview_keys = [tensor_sha256(x) for x in x_preview]
+    if estimate and not n_draw:
+        todo = uncached_latents([*keys, *preview_keys], cache_sha, {(c.t0, c.n_inv_steps) for c in configs})
+        check_time(n_draw=0, n_invert=todo)
 
     # 4. each edit, from the base (section 8.1: weights, optimizer and scheduler reset per edit)
     job = _Job(
         preset=preset, model=model, base_name=base_name, base_sha=base_sha, clip_model=clip_model, losses=losses,
         reporter=reporter, n_pairs=len(text_pairs),
         run_dir=Path(run_dir).expanduser() if run_dir is not None else None, resume=resume, save_dtype=save_dtype,
-        overwrite=overwrite, return_models=return_models,
+        overwrite=overwrite, return_models=return_models, origin=origin, n_photos=len(files),
     )  # fmt: skip
     data: dict[tuple[int, int], tuple[TrainingData, TrainingData]] = {}
     hits = misses = 0
@@ -394,7 +419,11 @@ def run_finetune(
             misses += len(keys) + len(preview_keys) - train.cache_hits - preview.cache_hits
             data[(cfg.t0, cfg.n_inv_steps)] = (train, preview)
         train, preview = data[(cfg.t0, cfg.n_inv_steps)]
-        result = job.train_pair(index, pair, cfg, dests, train, preview)
+        reuse = reusable_artifact(dests, pair, base_sha256=base_sha, t0=cfg.t0, overwrite=overwrite)
+        if reuse is not None:  # another process saved this edit while this one waited for its lock
+            result = _reused(pair, cfg, reuse, reporter)
+        else:
+            result = job.train_pair(index, pair, cfg, dests, train, preview)
         results.append(result)
         reporter.emit(Event("pair_end", message="", data={"index": index, "result": result}))
 
@@ -410,49 +439,12 @@ def run_finetune(
     )
 
 
-def _training_images(
-    preset: Preset,
-    files: Sequence[Path],
-    n_samples: int,
-    n_preview: int,
-    model: Callable[..., Any],
-    cache_sha: str,
-    cfg: FinetuneConfig,
-    reporter: Reporter,
-) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    """``(x0, keys, x_preview)``: the photos and ``n_samples`` samples to train on, ``n_preview`` held-out
-    samples to preview."""
-    x0_parts: list[torch.Tensor] = []
-    keys: list[str] = []
-    if files:
-        from dclip_cli.presets.manager import get_registry
-
-        reporter.info(f"Preparing {len(files)} training image(s)")
-        aligner = None
-        if preset.preprocess == "align" and preset.aligner:
-            aligner = get_registry().aligners.get(preset.aligner)
-            if aligner is None:
-                reporter.warn(f"The aligner {preset.aligner!r} is not installed; using centre crops.")
-        x_photos, photo_keys = load_training_images(files, preset, aligner, reporter)
-        x0_parts.append(x_photos)
-        keys.extend(photo_keys)
-    if n_samples + n_preview > 0:
-        drawn = cached_samples(
-            model,  # type: ignore[arg-type]
-            n_samples + n_preview,
-            model_sha256=cache_sha,
-            seed=cfg.seed,
-            n_steps=cfg.n_gen_steps,
-            batch_size=max(cfg.batch_size, 4),
-            reporter=reporter,
-        )
-        if n_samples:
-            x0_parts.append(drawn[:n_samples])
-            keys.extend(tensor_sha256(drawn[i : i + 1]) for i in range(min(n_samples, len(drawn))))
-        x_preview = drawn[n_samples:]
-    else:
-        x_preview = torch.zeros((0, 3, preset.image_size, preset.image_size))
-    return torch.cat(x0_parts), keys, x_preview
+def _reused(pair: TextEdit, cfg: FinetuneConfig, paths: Sequence[Path], reporter: Reporter) -> PairResult:
+    """The result of an edit another process fine-tuned while this one waited for its lock."""
+    reporter.info(
+        f"Another dclip process fine-tuned {pair.key} meanwhile: reusing {', '.join(map(str, paths))}."
+    )
+    return PairResult(pair, cfg, list(paths), paths[0].parent, {}, 0.0, reused=True)
 
 
 @dataclass
@@ -472,6 +464,8 @@ class _Job:
     save_dtype: str
     overwrite: bool
     return_models: bool
+    origin: str = "finetune"
+    n_photos: int = 0
 
     def train_pair(
         self,
@@ -566,24 +560,34 @@ class _Job:
             tuned.load_state_dict(state["model"])
             tuned.eval()
         else:
-            tuned = finetune(
-                self.model,
-                train.x0,
-                train.x_lat,
-                src_text=pair.src,
-                trg_text=pair.trg,
-                config=cfg,
-                callback=on_step,
-                on_epoch_end=on_epoch_end,
-                resume=state,
-                **self.losses,
-            )
+            try:
+                tuned = finetune(
+                    self.model,
+                    train.x0,
+                    train.x_lat,
+                    src_text=pair.src,
+                    trg_text=pair.trg,
+                    config=cfg,
+                    callback=on_step,
+                    on_epoch_end=on_epoch_end,
+                    resume=state,
+                    **self.losses,
+                )
+            except BaseException as exc:
+                finish_failed(run.doc, exc, folder)  # run.json no longer says "training"
+                run.write_doc()
+                raise
         del state
 
         meta = artifact_metadata(
             preset=self.preset.name, pair=pair, config=cfg, base_checkpoint=self.base_name,
             base_sha256=self.base_sha, clip_model=self.clip_model, n_images=len(train.keys), model=self.model,
         )  # fmt: skip
+        meta.update(origin=self.origin, n_photos=self.n_photos, n_samples=len(train.keys) - self.n_photos)
+        dev = model_device(self.model)
+        meta["numerics"] = numerics_record(
+            dev, precision_name(resolve_precision(cfg.precision, dev, training=True))
+        )
         written = []
         for dest in dests:
             written.append(
@@ -667,38 +671,3 @@ class _RunFolder:
         self.state_path.unlink(missing_ok=True)
         self.doc.update(status="done", artifacts=[str(p) for p in artifacts])
         self.write_doc()
-
-
-def _announce_estimate(
-    reporter: Reporter,
-    model: Callable[..., torch.Tensor],
-    preset: Preset,
-    configs: Sequence[FinetuneConfig],
-    n_images: int,
-    n_drawn: int,
-    device: torch.device,
-) -> None:
-    """Before a long CPU run, time one UNet call and announce the estimate (cache hits make the run shorter)."""
-    if reporter.callback is None:
-        return
-    from dclip_cli.estimate import announce_estimate
-
-    cfg = configs[0]
-    inference = n_drawn * cfg.n_gen_steps + (n_images + n_drawn) * (2 * cfg.n_inv_steps - 1)
-    training = sum(c.epochs * n_images * c.n_train_steps for c in configs)
-    x = torch.zeros((1, 3, preset.image_size, preset.image_size), device=device)
-    announce_estimate(
-        reporter, model, x, infer_calls=inference, train_calls=training,
-        checkpointing=resolve_checkpointing(cfg.checkpointing, mode=cfg.mode),
-        dtype=resolve_precision(cfg.precision, device, training=True), device=device,
-        advice="A GPU is much faster.",
-    )  # fmt: skip
-
-
-def _weights_sha256(model: nn.Module) -> str:
-    """SHA-256 over a model's state dict (names, shapes and float32 bytes), for bases not loaded from a file."""
-    h = hashlib.sha256()
-    for name, value in model.state_dict().items():
-        h.update(name.encode("utf-8"))
-        h.update(tensor_sha256(value).encode("ascii"))
-    return h.hexdigest()

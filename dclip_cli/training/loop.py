@@ -38,7 +38,7 @@ from torch import nn
 
 from dclip_cli.diffusion.ddim import ddim_step, timestep_tensor
 from dclip_cli.diffusion.schedule import alpha_bar, generation_pairs
-from dclip_cli.errors import ConfigError
+from dclip_cli.errors import ConfigError, TrainingDivergedError
 from dclip_cli.precision import (
     optimize_model,
     resolve_checkpointing,
@@ -203,6 +203,7 @@ def finetune(
             ``total``; ``None`` for the forward steps of the original mode before its loss) and ``lr``. It may
             raise ``KeyboardInterrupt`` to stop.
         should_stop: polled after every optimizer step; returning True raises ``KeyboardInterrupt``.
+            Every optimizer step checks that its loss is finite, and every epoch that the weights are.
         on_epoch_end: called with a :class:`TrainingState` after each finished epoch (used to save resumable
             state); the scheduler has already been stepped.
         resume: a :meth:`TrainingState.state_dict` to continue from (its finished epochs are skipped).
@@ -212,6 +213,8 @@ def finetune(
 
     Raises:
         ConfigError: the inputs do not fit, or a weighted loss has no loss function.
+        TrainingDivergedError: the loss (checked at every optimizer step) or the weights (checked at the end of
+            every epoch) became NaN or infinite; ``on_epoch_end`` never sees damaged weights.
         KeyboardInterrupt: from ``callback`` or ``should_stop``; nothing is written by this function.
     """
     if config.id_weight > 0 and id_loss is None:
@@ -291,6 +294,7 @@ def finetune(
                     id_loss=id_loss,
                     lpips_loss=lpips_loss,
                 )
+            reporter.check_weights()  # before the epoch's state is handed on (and saved)
             scheduler.step()  # once per epoch (section 8.1)
             if on_epoch_end is not None:
                 on_epoch_end(TrainingState(epoch + 1, tuned, optimizer, scheduler, reporter.means()))
@@ -324,8 +328,36 @@ class _StepTracker:
     def means(self) -> dict[str, float]:
         return {k: v / max(self.count, 1) for k, v in self.sums.items()}
 
+    def check_finite(self, info: StepInfo) -> None:
+        """Stop with :class:`TrainingDivergedError` when an optimizer step's loss is NaN or infinite."""
+        bad = [k for k, v in (info.get("losses") or {}).items() if not math.isfinite(v)]
+        if bad:
+            self.diverged(f"the loss ({', '.join(bad)}) became NaN or infinite at", info["step"])
+
+    def check_weights(self) -> None:
+        """Stop with :class:`TrainingDivergedError` when the weights hold NaN or infinite values (checked after
+        each epoch, before its state is handed on): a float64 sum of a tensor is finite exactly when all its
+        elements are, and costs one pass."""
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if params and not bool(
+            torch.isfinite(torch.stack([p.detach().sum(dtype=torch.float64) for p in params])).all()
+        ):
+            self.diverged("the weights became NaN or infinite in", None)
+
+    def diverged(self, what: str, step: int | None) -> None:
+        lr = self.optimizer.param_groups[0]["lr"]
+        where = f"epoch {self.base.get('epoch', 0) + 1}" + (
+            f", batch {self.base.get('batch', 0) + 1}, step {step}" if step is not None else ""
+        )
+        raise TrainingDivergedError(
+            f"Fine-tuning diverged: {what} {where} (learning rate {lr:g}).",
+            hint="Lower the learning rate (--lr); no artifact was saved.",
+        )
+
     def __call__(self, info: StepInfo) -> None:
         losses = info.get("losses")
+        if info["optimizer_step"]:
+            self.check_finite(info)
         if losses is not None:
             self.count += 1
             for k, v in losses.items():

@@ -232,13 +232,18 @@ def _config(
     compare: bool,
     t0: int | None = None,
     steps: int | None = None,
+    reconstruction: bool = True,
 ) -> Any:
-    """The ``RunConfig`` of one page job: the page's settings, this job's seed and sampling, output into ``folder``."""
+    """The ``RunConfig`` of one page job: the page's settings, this job's seed and sampling, output into ``folder``
+    (a job without a reconstruction, a translation, leaves the page's PSNR out)."""
     from dclip_cli.apps.config import AutoFinetune, Outputs, RunConfig, Sampling
 
+    metrics = settings.metrics
+    if metrics is not None and not reconstruction:
+        metrics = tuple(m for m in metrics if m != "psnr")
     return RunConfig(
         sampling=Sampling(t0=t0, steps=steps, seed=seed),
-        outputs=Outputs(output=folder, compare=compare, metrics=settings.metrics),
+        outputs=Outputs(output=folder, compare=compare, metrics=metrics),
         runtime=_runtime(settings),
         auto=AutoFinetune(samples=settings.finetune_samples),
     )
@@ -283,7 +288,7 @@ def _key(edit: Any) -> str:
     return str(edit.key)
 
 
-def parse_metric_names(text: str) -> tuple[str, ...]:
+def parse_metric_names(text: str) -> tuple[str, ...] | None:
     """``--metrics`` (``all``, ``none`` or ``clip,lpips,identity,psnr``), with the CLI's messages."""
     with user_errors():
         from dclip_cli.apps.config import parse_metrics
@@ -384,8 +389,10 @@ def detect_domain(settings: Settings, images: Sequence[Path], on_event: OnEvent 
         presets_ = session.presets()
         probe, failed = load_inputs(session, expand_inputs(images), DETECTION_SIZE, quiet=True)
         if not probe:
-            reason = failed[0][1] if failed else "no image"
-            raise UserError(reason, "Upload a PNG, JPEG or WebP image.")
+            if failed:
+                exc = failed[0][1]
+                raise UserError(exc.message, exc.hint or "Upload a PNG, JPEG or WebP image.")
+            raise UserError("No image was given.", "Upload a PNG, JPEG or WebP image.")
         clip = session.clip() if len(presets_) > 1 else None
         x = torch.cat([p.x0 for p in probe]).to(session.device)
         label = probe[0].path.name if len(probe) == 1 else f"{len(probe)} images"
@@ -552,7 +559,7 @@ def translate(
         events = _Events(on_event)
         report = translate_images(
             list(images), to=to or None, domain=_domain(domain), iterations=int(iterations),
-            save_intermediates=True, strength=strength, config=_config(settings, folder, seed=seed, compare=True),
+            save_intermediates=True, strength=strength, config=_config(settings, folder, seed=seed, compare=True, reconstruction=False),
             session=_session(settings, events),
         )  # fmt: skip
         what = f"translated, then {to}" if to else f"translated ({iterations} rounds)"

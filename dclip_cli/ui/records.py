@@ -37,7 +37,8 @@ class Settings:
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (UNet compute precision).
         compile: ``torch.compile`` the UNets.
         clip_model: CLIP name or file (detection, fine-tuning, metrics).
-        metrics: metrics computed for each output (``clip``, ``lpips``, ``identity``, ``psnr``).
+        metrics: metrics computed for each output (``clip``, ``lpips``, ``identity``, ``psnr``); ``None``: the
+            free ones, best effort, as the CLI's default ``--metrics auto``.
         batch_size: images per batch for edit, mix and translate.
         finetune_samples: base-model samples of the quick fine-tuning an edit runs when it has no model yet.
         max_upload_mb: largest accepted image upload, in MB.
@@ -52,7 +53,7 @@ class Settings:
     precision: str = "auto"
     compile: bool = False
     clip_model: str = "ViT-B/16"
-    metrics: tuple[str, ...] = METRIC_NAMES
+    metrics: tuple[str, ...] | None = None
     batch_size: int = 4
     finetune_samples: int = 8
     max_upload_mb: int = MAX_UPLOAD_MB

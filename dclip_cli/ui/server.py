@@ -59,7 +59,7 @@ class ServeOptions:
     precision: str = "auto"
     compile: bool = False
     clip_model: str = "ViT-B/16"
-    metrics: tuple[str, ...] = ("clip", "lpips", "identity", "psnr")
+    metrics: tuple[str, ...] | None = None
     batch_size: int = 4
     max_upload_mb: int = 20
     max_image_side: int = 4096
