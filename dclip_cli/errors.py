@@ -108,3 +108,7 @@ class DeviceError(DclipError, RuntimeError):
 
 class DomainDetectionError(DclipError):
     """The image's domain could not be detected with confidence."""
+
+
+class DistributedError(DclipError, RuntimeError):
+    """A run under torchrun cannot start or continue: a bad launch environment, or a rank that stopped."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dclip_cli.distributed import Context, current, shard_chunks
 from dclip_cli.errors import ConfigError, ImageError
 
 if TYPE_CHECKING:
@@ -24,7 +25,8 @@ DETECTION_SIZE = 224
 
 @dataclass
 class InputImage:
-    """One readable input, prepared at the model size: ``x0`` is (1, 3, S, S) in [-1, 1]."""
+    """One readable input, prepared at the model size: ``x0`` is (1, 3, S, S) in [-1, 1] (``None`` under torchrun
+    for an input another rank loaded and processes)."""
 
     path: Path
     x0: Any
@@ -94,26 +96,54 @@ def prepare_inputs(session: Session, paths: Sequence[str | os.PathLike[str]], do
     """Expand the inputs, pick the preset (``--domain`` or detection) and load the inputs at its size.
 
     Unreadable inputs are reported and kept in :attr:`Inputs.failed`; if none is readable, the first problem is
-    raised.
+    raised. Under torchrun each rank loads its share (:func:`load_share`) and every rank knows every input.
     """
     from dclip_cli.images import expand_inputs
 
     files = expand_inputs(paths)
+    failed: list[tuple[Path, str]] = []
+    ctx = current()
     if domain is not None:
         preset = session.preset(domain)
         detection = None
-        ok, failed = load_inputs(session, files, preset.image_size, preset)
     else:
         probe, failed = load_inputs(session, files, DETECTION_SIZE, quiet=True)
         _raise_if_none_readable(probe, failed)
         label = str(files[0]) if len(files) == 1 else f"{len(probe)} images"
         preset, detection = detect(session, probe, label)
-        ok, more = load_inputs(session, [p.path for p in probe], preset.image_size, preset)
-        failed.extend(more)
-    for path, reason in failed:
+        if ctx.active:  # every rank detected on every input; rank 0's choice holds for all
+            name, detection = ctx.broadcast_object((preset.name, detection))
+            preset = session.preset(name)
+        files = [p.path for p in probe]
+    if ctx.active:
+        ok, more = load_share(session, files, preset, ctx)
+    else:
+        ok, more = load_inputs(session, files, preset.image_size, preset)
+    failed.extend(more)
+    for path, reason in failed if ctx.is_main else ():
         session.reporter.warn(f"Skipping {path}: {reason}")
     _raise_if_none_readable(ok, failed)
     return Inputs(preset, detection, ok, failed)
+
+
+def load_share(
+    session: Session, files: Sequence[Path], preset: Preset, ctx: Context
+) -> tuple[list[InputImage], list[tuple[Path, str]]]:
+    """Under torchrun: load this rank's whole batches of ``files`` (batch j goes to rank j mod N, see
+    :func:`~dclip_cli.distributed.shard_chunks`), so each input keeps the batch it has in one process.
+
+    Returns:
+        Like :func:`load_inputs`, for every input in input order: the other ranks' readable inputs have
+        ``x0 = None`` (their rank processes them); the unreadable inputs of every rank.
+    """
+    share = shard_chunks(len(files), session.runtime.batch_size, ctx.world_size, ctx.rank)
+    ok, bad = load_inputs(session, [files[i] for rows in share for i in rows], preset.image_size, preset)
+    mine = {str(inp.path): inp for inp in ok}
+    reasons: dict[str, str] = {}
+    for part in ctx.all_gather_object({str(p): reason for p, reason in bad}):
+        reasons.update(part)
+    images = [mine.get(str(p), InputImage(p, None, {})) for p in files if str(p) not in reasons]
+    return images, [(p, reasons[str(p)]) for p in files if str(p) in reasons]
 
 
 def _raise_if_none_readable(ok: Sequence[InputImage], failed: Sequence[tuple[Path, str]]) -> None:
@@ -147,6 +177,8 @@ class LatentArg:
         check_latent(
             self.meta, path=self.path, model_sha256=base.sha256, t0=settings.t0, steps=settings.n_inv_steps
         )
+        if inp.x0 is None:  # under torchrun the rank that holds the image checks it
+            return
         if tuple(self.x.shape[-3:]) != tuple(inp.x0.shape[-3:]):
             raise ConfigError(
                 f"The latent {self.path} has shape {tuple(self.x.shape)}, which does not fit the preset's "

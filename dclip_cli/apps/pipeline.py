@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from dclip_cli.apps.config import Outputs, SamplingSettings, batches
 from dclip_cli.apps.inputs import InputImage, Inputs
+from dclip_cli.distributed import current
 
 if TYPE_CHECKING:
     from dclip_cli.apps.session import Session
@@ -102,7 +103,13 @@ class Run:
         self.started = time.perf_counter()
         self.results: list[ImageResult] = []
         self.totals: dict[str, int] = {}
-        self._batches = batches(list(zip(inputs.images, self.plans, strict=True)), session.runtime.batch_size)
+        # under torchrun the inputs another rank loaded (x0 None) are its work; every rank planned every output
+        # before any is written
+        mine = [
+            (inp, plan) for inp, plan in zip(inputs.images, self.plans, strict=True) if inp.x0 is not None
+        ]
+        self._batches = batches(mine, session.runtime.batch_size)
+        current().barrier()
 
     @property
     def reporter(self) -> Any:
@@ -122,7 +129,8 @@ class Run:
         """Set the number of UNet calls of each phase (by progress label) and, before a long CPU run, announce
         the time estimate of them all, timed on ``model`` and the first batch."""
         self.totals = {label: n for label, n in totals.items() if n}
-        self.session.announce_estimate(model, self.first_batch(), sum(self.totals.values()))
+        if self._batches:
+            self.session.announce_estimate(model, self.first_batch(), sum(self.totals.values()))
 
     def batches(self) -> Iterator[Batch]:
         import torch
@@ -345,6 +353,11 @@ class Run:
         self.results.append(ImageResult(inp.path, plan, metrics, document))
 
     def report(self, models: Sequence[LoadedModel]) -> RunReport:
-        return RunReport(
-            self.results, self.inputs.failed, self.preset.name, self.inputs.detection, list(models)
-        )
+        """The run's report; under torchrun every rank's results, in input order."""
+        results = self.results
+        if current().active:
+            order = {str(plan.image): i for i, plan in enumerate(self.plans)}
+            results = sorted(
+                sum(current().all_gather_object(results), []), key=lambda r: order[str(r.outputs.image)]
+            )
+        return RunReport(results, self.inputs.failed, self.preset.name, self.inputs.detection, list(models))

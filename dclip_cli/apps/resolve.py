@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dclip_cli.apps.config import QUICK_MAX_IMAGES, AutoFinetune, SamplingSettings
+from dclip_cli.distributed import current
 from dclip_cli.errors import CheckpointError, ConfigError, DclipError, UnknownCheckpointError
 
 if TYPE_CHECKING:
@@ -181,7 +182,9 @@ def finetune_now(
     tuned.requires_grad_(False)
     tuned.eval()
     session.reporter.info(f"Fine-tuned in {pair.seconds:.1f} s and saved to {path}.")
+    ctx = current()  # under torchrun every rank holds the model; rank 0 wrote (and hashes) the file
+    sha256 = ctx.broadcast_object(known_sha256(path) if ctx.is_main else None)
     return LoadedModel(
-        tuned, "edit", f"{preset.name}/{path.stem}", path, known_sha256(path), "finetuned",
+        tuned, "edit", f"{preset.name}/{path.stem}", path, sha256, "finetuned",
         t0=pair.config.t0, src_text=target.src, trg_text=target.trg,
     )  # fmt: skip

@@ -106,7 +106,10 @@ def finetune_command(
         int | None,
         typer.Option("--samples", min=0, help="Training images drawn from the base model. Default: preset."),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per optimizer batch.")] = 1,
+    batch_size: Annotated[
+        int,
+        typer.Option("--batch-size", min=1, help="Images per optimizer batch (per process under torchrun)."),
+    ] = 1,
     seed: SeedOpt = 0,
     clip_model: Annotated[
         str, typer.Option("--clip-model", help="CLIP model name (ViT-B/16, ViT-B/32) or OpenAI CLIP file.")
@@ -145,7 +148,7 @@ def finetune_command(
     from rich.markup import escape
     from rich.table import Table
 
-    from dclip_cli import api, console
+    from dclip_cli import api, console, distributed
     from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
     from dclip_cli.cli.display import Display
 
@@ -176,6 +179,7 @@ def finetune_command(
     }
     state = get_state(ctx)
     tune_runtime(state)
+    overrides["batch_size"] = batch_size * distributed.current().world_size  # torchrun: N x b in all
     with Display() as display:
         result = api.run_finetune(
             preset,

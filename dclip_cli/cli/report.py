@@ -77,11 +77,12 @@ def render_report(report: Any, *, as_json: bool, title: str) -> None:
         console.err.print(metrics_table(title, rows))
     if report.failed:
         names = ", ".join(escape(str(p)) for p, _ in report.failed)
-        console.err.print(
-            f"[bold red]Error:[/bold red] {len(report.failed)} of {len(report.failed) + len(report.results)} "
-            f"input(s) could not be read and were skipped: {names}.",
-            highlight=False,
-        )
+        if not console.prefix():  # under torchrun rank 0 says it for all
+            console.err.print(
+                f"[bold red]Error:[/bold red] {len(report.failed)} of {len(report.failed) + len(report.results)} "
+                f"input(s) could not be read and were skipped: {names}.",
+                highlight=False,
+            )
         raise typer.Exit(code=1)
 
 

@@ -14,9 +14,11 @@ from pathlib import Path
 from dclip_cli.checkpoints import cache, download
 from dclip_cli.checkpoints.builtin import CORE_SPECS
 from dclip_cli.checkpoints.registry import CheckpointSpec
+from dclip_cli.distributed import current
 from dclip_cli.errors import UnknownCheckpointError
 from dclip_cli.presets.manager import get_registry
 from dclip_cli.progress import ProgressCallback, Reporter
+from dclip_cli.store.shared_cache import wait_for_download
 
 
 def all_specs() -> dict[str, CheckpointSpec]:
@@ -67,12 +69,16 @@ def fetch(
     settings: download.DownloadSettings | None = None,
 ) -> Path:
     """The cached file of a registered checkpoint, downloaded and verified first when needed
-    (:func:`dclip_cli.checkpoints.download.fetch` of its spec).
+    (:func:`dclip_cli.checkpoints.download.fetch` of its spec). Under torchrun only local rank 0 of each node
+    downloads; the other ranks wait for its file (:func:`dclip_cli.store.shared_cache.wait_for_download`).
 
     Raises:
         UnknownCheckpointError: no registry entry has that name; and as :func:`download.fetch`.
     """
     spec = name_or_spec if isinstance(name_or_spec, CheckpointSpec) else get_spec(name_or_spec)
+    ctx = current()
+    if ctx.active and not ctx.is_local_main:  # under torchrun local rank 0 downloads, the others wait for it
+        wait_for_download(spec, cache_dir, timeout=ctx.timeout, rank=ctx.rank)
     return download.fetch(spec, cache_dir=cache_dir, progress=progress, offline=offline, settings=settings)
 
 

@@ -11,9 +11,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dclip_cli.distributed import current
 from dclip_cli.latents import LatentCache, tensor_sha256
 from dclip_cli.presets.preset import Preset
 from dclip_cli.progress import Event, Reporter
+from dclip_cli.training.ddp import map_chunks
 from dclip_cli.training.loop import model_device
 
 
@@ -83,7 +85,8 @@ def draw_samples(
     """Draw ``n`` images from the base model by DDIM (η = 0) from seeded Gaussian noise at t = 999.
 
     The noise is drawn on the CPU from ``torch.Generator().manual_seed(seed)``, so the samples do not depend on
-    the device or the batch size (up to floating-point differences).
+    the device or the batch size (up to floating-point differences). Under torchrun each rank draws its batches
+    and every rank receives them all.
 
     Returns:
         (n, 3, S, S) images clamped to [-1, 1], on the CPU.
@@ -95,13 +98,14 @@ def draw_samples(
     size = int(getattr(model, "image_size", 256))
     device = model_device(model)
     noise = torch.randn((n, 3, size, size), generator=torch.Generator().manual_seed(seed))
-    out = []
+
+    def draw(rows: range) -> torch.Tensor:
+        x0 = generate(model, noise[rows.start : rows.stop].to(device), t0=NUM_TIMESTEPS - 1, n_steps=n_steps)
+        _phase(reporter, "sample", rows.stop, n)
+        return x0.clamp(-1, 1).cpu()
+
     model.eval()
-    for start in range(0, n, batch_size):
-        x_t = noise[start : start + batch_size].to(device)
-        x0 = generate(model, x_t, t0=NUM_TIMESTEPS - 1, n_steps=n_steps)
-        out.append(x0.clamp(-1, 1).cpu())
-        _phase(reporter, "sample", min(start + batch_size, n), n)
+    out = map_chunks(draw, n, batch_size, current())
     return torch.cat(out) if out else noise[:0]
 
 
@@ -130,20 +134,23 @@ def cached_samples(
 
         cache_root = cache_dir() / "samples"
     path = Path(cache_root) / f"{model_sha256[:16]}_seed{seed}_steps{n_steps}_n{n}.safetensors"
+    found: torch.Tensor | None = None
     if path.is_file():
         try:
-            x = load_file(str(path))["x0"]
-            if x.shape[0] == n:
-                _phase(reporter, "sample", n, n)
-                return x
+            found = load_file(str(path))["x0"]
         except Exception:  # noqa: BLE001 - an unreadable entry is a miss
             pass
+    hit = found is not None and found.shape[0] == n
+    if all(current().all_gather_object(hit)):  # under torchrun the ranks draw together unless all read it
+        _phase(reporter, "sample", n, n)
+        return found  # type: ignore[return-value]
     reporter.info(f"Drawing {n} sample(s) from the base model")
     x = draw_samples(model, n, seed=seed, n_steps=n_steps, batch_size=batch_size, reporter=reporter)
-    with atomic_path(path, overwrite=True) as tmp:
-        save_file(
-            {"x0": x.contiguous()}, str(tmp), metadata={"model_sha256": model_sha256, "seed": str(seed)}
-        )
+    if current().is_main:
+        with atomic_path(path, overwrite=True) as tmp:
+            save_file(
+                {"x0": x.contiguous()}, str(tmp), metadata={"model_sha256": model_sha256, "seed": str(seed)}
+            )
     return x
 
 
@@ -161,7 +168,8 @@ def invert_training_images(
 ) -> TrainingData:
     """Invert images to t₀ and reconstruct them, reusing the content-keyed latent cache (FIX 12).
 
-    For each image not in the cache: x_lat = DDIM inversion with ``n_inv_steps`` points, x_rec = generation from
+    For each image not in the cache (of any rank, under torchrun: each rank inverts its chunks and stores them, and
+    every rank receives them all): x_lat = DDIM inversion with ``n_inv_steps`` points, x_rec = generation from
     x_lat with the same sequence (η = 0), as the original's precompute stage (section 8.2); both are stored under
     the key (image content, model SHA-256, t₀, steps).
 
@@ -192,25 +200,29 @@ def invert_training_images(
         if found is not None:
             x_lat[i], x_rec[i] = found
             hits += 1
-    todo = [i for i in range(n) if x_lat[i] is None]
+    missing = [i for i in range(n) if x_lat[i] is None]
+    todo = sorted(set().union(*current().all_gather_object(missing)))  # a miss on any rank is computed
+    hits = n - len(todo)
     device = model_device(model)
     model.eval()
-    done = hits
     if reporter is not None:
-        _phase(reporter, "invert", done, n)
-    for start in range(0, len(todo), batch_size):
-        idx = todo[start : start + batch_size]
-        batch = x0[idx].to(device)
+        _phase(reporter, "invert", hits, n)
+
+    def invert_chunk(rows: range) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = todo[rows.start : rows.stop]
         with torch.no_grad():
-            lat = invert(model, batch, t0=t0, n_steps=n_inv_steps)
-            rec = generate(model, lat, t0=t0, n_steps=n_inv_steps)
+            lat = invert(model, x0[idx].to(device), t0=t0, n_steps=n_inv_steps).cpu()
+            rec = generate(model, lat.to(device), t0=t0, n_steps=n_inv_steps).cpu()
         for j, i in enumerate(idx):
-            lat_i, rec_i = lat[j : j + 1].cpu(), rec[j : j + 1].cpu()
-            cache.put(keys[i], model_sha256, t0, n_inv_steps, lat_i, rec_i)
-            x_lat[i], x_rec[i] = lat_i, rec_i
-        done += len(idx)
+            cache.put(keys[i], model_sha256, t0, n_inv_steps, lat[j : j + 1], rec[j : j + 1])
         if reporter is not None:
-            _phase(reporter, "invert", done, n)
+            _phase(reporter, "invert", hits + rows.stop, n)
+        return lat, rec
+
+    chunks = map_chunks(invert_chunk, len(todo), batch_size, current())
+    for start, (lat, rec) in zip(range(0, len(todo), batch_size), chunks, strict=True):
+        for j, i in enumerate(todo[start : start + batch_size]):
+            x_lat[i], x_rec[i] = lat[j : j + 1], rec[j : j + 1]
     return TrainingData(
         x0=x0.cpu(),
         x_lat=torch.cat([t for t in x_lat if t is not None]) if n else x0[:0],

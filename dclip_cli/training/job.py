@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dclip_cli.distributed import current, main_only
 from dclip_cli.errors import ConfigError
 from dclip_cli.latents import tensor_sha256
 from dclip_cli.outputs import ArtifactDest
@@ -30,6 +31,7 @@ from dclip_cli.progress import Event, ProgressCallback, Reporter
 from dclip_cli.textedit import TextEdit
 from dclip_cli.training.config import FinetuneConfig
 from dclip_cli.training.data import TrainingData, cached_samples, invert_training_images, load_training_images
+from dclip_cli.training.ddp import agree_on_start
 from dclip_cli.training.loop import LossFn, StepInfo, TrainingState, finetune, model_device
 
 DEFAULT_CLIP_MODEL = "ViT-B/16"
@@ -498,6 +500,7 @@ class _Job:
         if self.resume and state is None:
             self.reporter.warn(f"No saved state for {pair.key!r} in {folder}; starting anew.")
         start_epoch = int(state["epochs_done"]) if state is not None else 0
+        agree_on_start(start_epoch, current(), folder)  # under torchrun every rank resumes the same state
         run.doc = {
             "preset": self.preset.name,
             "edit": pair.key,
@@ -585,12 +588,13 @@ class _Job:
             base_sha256=self.base_sha, clip_model=self.clip_model, n_images=len(train.keys), model=self.model,
         )  # fmt: skip
         written = []
-        for dest in dests:
-            written.append(
+        for dest in dests:  # under torchrun rank 0 alone writes (the ranks hold the same weights)
+            if current().is_main:
                 save_artifact(dest.path, tuned, meta, dtype=self.save_dtype, overwrite=self.overwrite)
-            )
-            if dest.library_name is not None:
-                write_entry_meta(dest.path, dest.library_name)
+                if dest.library_name is not None:
+                    write_entry_meta(dest.path, dest.library_name)
+            written.append(dest.path)
+        current().barrier()
         run.finish(written)
         epoch_losses = run.doc["epoch_losses"]
         return PairResult(
@@ -623,6 +627,7 @@ class _RunFolder:
     def state_path(self) -> Path:
         return self.folder / STATE_FILE
 
+    @main_only
     def write_doc(self) -> None:
         from dclip_cli.manifest import write_manifest
 
@@ -652,6 +657,8 @@ class _RunFolder:
 
         self.doc["epoch_losses"].append(ts.losses)
         self.doc["epochs_done"] = ts.epochs_done
+        if not current().is_main:  # rank 0 alone writes the state and the previews
+            return None
         state = {**ts.state_dict(), "fingerprint": self.fingerprint, "epoch_losses": self.doc["epoch_losses"]}
         with atomic_path(self.state_path, overwrite=True) as tmp:
             torch.save(state, tmp)
@@ -663,6 +670,7 @@ class _RunFolder:
         self.write_doc()
         return shot
 
+    @main_only
     def finish(self, artifacts: Sequence[Path]) -> None:
         self.state_path.unlink(missing_ok=True)
         self.doc.update(status="done", artifacts=[str(p) for p in artifacts])
