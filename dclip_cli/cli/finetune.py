@@ -154,6 +154,8 @@ def finetune_command(
 
     if domain is None:
         raise typer.BadParameter("choose a domain, for example --domain face.", param_hint="'--domain'")
+    state = get_state(ctx)
+    tune_runtime(state)  # first: under torchrun it also decides what this rank prints
     registry = load_registry_with_warnings()
     preset = registry.preset(domain)
     texts = list(text or [])
@@ -172,14 +174,11 @@ def finetune_command(
         "id_weight": id_weight,
         "lpips_weight": lpips_weight,
         "eta": eta,
-        "batch_size": batch_size,
+        "batch_size": batch_size * distributed.current().world_size,  # under torchrun: N x b in all
         "seed": seed,
         "precision": precision.value,
         "checkpointing": checkpointing.value,
     }
-    state = get_state(ctx)
-    tune_runtime(state)
-    overrides["batch_size"] = batch_size * distributed.current().world_size  # torchrun: N x b in all
     with Display() as display:
         result = api.run_finetune(
             preset,

@@ -87,9 +87,9 @@ def invert_command(
             "choose a model with --domain NAME (see 'dclip presets list') or --checkpoint PATH.",
             param_hint="'--domain' / '--checkpoint'",
         )
-    load_registry_with_warnings()
     state = get_state(ctx)
-    tune_runtime(state)
+    tune_runtime(state)  # first: under torchrun it also decides what this rank prints
+    load_registry_with_warnings()
     with Display() as display:
         report = api.invert_images(
             images, domain=domain, checkpoint=checkpoint, arch_config=arch_config,

@@ -92,5 +92,5 @@ def start_run(ctx: typer.Context, quiet: bool) -> None:
     from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
 
     apply_quiet(ctx, quiet)
+    tune_runtime(get_state(ctx))  # first: under torchrun it also decides what this rank prints
     load_registry_with_warnings()
-    tune_runtime(get_state(ctx))

@@ -43,7 +43,7 @@ def wait_for_download(
                 f"Rank {rank} waited {timeout:g} s for local rank 0 to put the checkpoint {spec.name!r} into the "
                 f"cache at {dest.parent}, but it did not arrive.",
                 hint=f"Give every rank of a node the same cache (--cache-dir or DCLIP_CACHE), or run "
-                f"'dclip models download {spec.name}' before torchrun.",
+                f"'dclip models fetch {spec.name}' on each node first.",
             )
         else:
             time.sleep(poll)
