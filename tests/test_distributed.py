@@ -21,7 +21,13 @@ from dclip_cli.checkpoints import cache
 from dclip_cli.checkpoints.registry import CheckpointSpec
 from dclip_cli.cli.app import app
 from dclip_cli.distributed import Context, Launch, launch_from_env, rank_device, shard_chunks, split_rows, use
-from dclip_cli.errors import CheckpointNotCachedError, DeviceError, DistributedError
+from dclip_cli.errors import (
+    CheckpointError,
+    CheckpointNotCachedError,
+    DeviceError,
+    DistributedError,
+    DownloadError,
+)
 from dclip_cli.training import ddp
 from dclip_cli.training.config import FinetuneConfig
 from dclip_cli.training.loop import loss_terms
@@ -277,13 +283,6 @@ def test_only_rank_0_writes_the_run_folder(tmp_path: Path) -> None:
 # -- downloads -------------------------------------------------------------------------------------------------
 
 
-def _spec(server: FileServer, data: bytes) -> CheckpointSpec:
-    import hashlib
-
-    url = server.add("/w.ckpt", data)
-    return CheckpointSpec(name="w", filename="w.ckpt", urls=(url,), sha256=hashlib.sha256(data).hexdigest())
-
-
 def test_other_local_ranks_wait_for_local_rank_0s_download(tmp_path: Path) -> None:
     from dclip_cli.store.shared_cache import wait_for_download
 
@@ -292,9 +291,8 @@ def test_other_local_ranks_wait_for_local_rank_0s_download(tmp_path: Path) -> No
     lock_file.parent.mkdir(parents=True)
     held = threading.Event()
 
-    def downloader() -> (
-        None
-    ):  # local rank 0: holds the lock for longer than the waiter's timeout, then writes
+    def downloader() -> None:
+        """Local rank 0: holds the lock for longer than the waiter's timeout, then writes the file."""
         import filelock
 
         with filelock.FileLock(str(lock_file)):
@@ -313,21 +311,30 @@ def test_other_local_ranks_wait_for_local_rank_0s_download(tmp_path: Path) -> No
     assert dest.read_bytes() == b"weights"
 
 
-def test_a_rank_other_than_local_rank_0_never_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With nobody downloading for it, local rank 1 gives up after the timeout instead of fetching itself."""
-    from dclip_cli import store
+def _register(spec: CheckpointSpec) -> None:
     from dclip_cli.presets import manager
     from dclip_cli.presets.hookspecs import hookimpl
 
+    class Plugin:
+        @hookimpl
+        def register_checkpoints(self, register: Any) -> None:
+            register(spec)
+
+    manager.register_plugin("w-plugin", Plugin())
+
+
+def test_a_rank_other_than_local_rank_0_never_downloads() -> None:
+    """With nobody downloading for it, local rank 1 gives up after the timeout instead of fetching itself."""
+    import hashlib
+
+    from dclip_cli import store
+
     with FileServer() as server:
-        spec = _spec(server, b"0123456789")
-
-        class Plugin:
-            @hookimpl
-            def register_checkpoints(self, register: Any) -> None:
-                register(spec)
-
-        manager.register_plugin("w-plugin", Plugin())
+        data = b"0123456789"
+        url = server.add("/w.ckpt", data)
+        _register(
+            CheckpointSpec(name="w", filename="w.ckpt", urls=(url,), sha256=hashlib.sha256(data).hexdigest())
+        )
         with use(Context(world_size=2, rank=1, local_rank=1, timeout=0.3)):
             with pytest.raises(
                 CheckpointNotCachedError, match="Rank 1 waited 0.3 s for local rank 0"
@@ -336,5 +343,33 @@ def test_a_rank_other_than_local_rank_0_never_downloads(monkeypatch: pytest.Monk
         assert "same cache" in str(info.value.hint)
         assert server.count("/w.ckpt") == 0
         with use(Context(world_size=2, rank=1, local_rank=0, timeout=0.3)):  # a node's local rank 0 downloads
-            assert store.fetch("w").read_bytes() == b"0123456789"
+            assert store.fetch("w").read_bytes() == data
         assert server.count("/w.ckpt") == 1
+
+
+def test_a_failed_download_stops_the_waiting_ranks_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local rank 0 notes its failure for this job's attempt; the other ranks raise it instead of waiting (so an
+    edit falls back to fine-tuning on every rank), and another job does not take the note for its own."""
+    from dclip_cli import store
+    from dclip_cli.store import shared_cache
+
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
+    with FileServer() as server:
+        _register(CheckpointSpec(name="w", filename="w.ckpt", urls=(server.url("/gone.ckpt"),)))
+        monkeypatch.setattr(shared_cache, "_attempts", {})
+        with use(Context(world_size=2, rank=0, local_rank=0, timeout=30)):
+            with pytest.raises(DownloadError):
+                store.fetch("w")
+        monkeypatch.setattr(shared_cache, "_attempts", {})  # rank 1's own count of its fetches of "w"
+        started = time.monotonic()
+        with use(Context(world_size=2, rank=1, local_rank=1, timeout=30)):
+            with pytest.raises(
+                CheckpointError, match="Local rank 0 could not fetch the checkpoint 'w': "
+            ) as info:
+                store.fetch("w")
+        assert time.monotonic() - started < 10 and not isinstance(info.value, CheckpointNotCachedError)
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-2")
+        monkeypatch.setattr(shared_cache, "_attempts", {})
+        with use(Context(world_size=2, rank=1, local_rank=1, timeout=0.3)):
+            with pytest.raises(CheckpointNotCachedError, match="waited 0.3 s"):
+                store.fetch("w")

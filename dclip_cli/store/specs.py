@@ -18,7 +18,7 @@ from dclip_cli.distributed import current
 from dclip_cli.errors import UnknownCheckpointError
 from dclip_cli.presets.manager import get_registry
 from dclip_cli.progress import ProgressCallback, Reporter
-from dclip_cli.store.shared_cache import wait_for_download
+from dclip_cli.store.shared_cache import shared_fetch
 
 
 def all_specs() -> dict[str, CheckpointSpec]:
@@ -70,16 +70,18 @@ def fetch(
 ) -> Path:
     """The cached file of a registered checkpoint, downloaded and verified first when needed
     (:func:`dclip_cli.checkpoints.download.fetch` of its spec). Under torchrun only local rank 0 of each node
-    downloads; the other ranks wait for its file (:func:`dclip_cli.store.shared_cache.wait_for_download`).
+    downloads; the other ranks wait for its file (:func:`dclip_cli.store.shared_cache.shared_fetch`).
 
     Raises:
         UnknownCheckpointError: no registry entry has that name; and as :func:`download.fetch`.
     """
     spec = name_or_spec if isinstance(name_or_spec, CheckpointSpec) else get_spec(name_or_spec)
     ctx = current()
-    if ctx.active and not ctx.is_local_main:  # under torchrun local rank 0 downloads, the others wait for it
-        wait_for_download(spec, cache_dir, timeout=ctx.timeout, rank=ctx.rank)
-    return download.fetch(spec, cache_dir=cache_dir, progress=progress, offline=offline, settings=settings)
+
+    def get() -> Path:
+        return download.fetch(spec, cache_dir=cache_dir, progress=progress, offline=offline, settings=settings)
+
+    return shared_fetch(spec, ctx, get, cache_dir) if ctx.active else get()
 
 
 def manual_hint(spec: CheckpointSpec) -> str:
