@@ -109,7 +109,8 @@ def _raise_noted_failure(note: Path, tag: str, spec: CheckpointSpec) -> None:
         return
     if doc.get("tag") == tag:
         raise CheckpointError(
-            f"Local rank 0 could not fetch the checkpoint {spec.name!r}: {doc.get('message')}", hint=doc.get("hint")
+            f"Local rank 0 could not fetch the checkpoint {spec.name!r}: {doc.get('message')}",
+            hint=doc.get("hint"),
         )
 
 

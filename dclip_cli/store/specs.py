@@ -79,7 +79,9 @@ def fetch(
     ctx = current()
 
     def get() -> Path:
-        return download.fetch(spec, cache_dir=cache_dir, progress=progress, offline=offline, settings=settings)
+        return download.fetch(
+            spec, cache_dir=cache_dir, progress=progress, offline=offline, settings=settings
+        )
 
     return shared_fetch(spec, ctx, get, cache_dir) if ctx.active else get()
 

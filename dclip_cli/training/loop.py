@@ -191,7 +191,9 @@ def finetune(
     """Fine-tune a copy of ``model`` so that generating from ``x_lat`` moves ``x0`` from ``src_text`` to ``trg_text``.
 
     The base ``model`` is not modified: a deep copy is trained and returned (in eval mode). Images are visited in
-    order, ``config.batch_size`` at a time, once per epoch.
+    order, ``config.batch_size`` at a time, once per epoch. Under torchrun (:mod:`dclip_cli.distributed`) every
+    rank passes all the images and trains on its part of each batch with DistributedDataParallel
+    (:mod:`dclip_cli.training.ddp`); the ranks return the same model.
 
     Args:
         model: the base eps-model (a :class:`~dclip_cli.models.DiffusionModel`); its parameters are optimised.

@@ -87,18 +87,21 @@ class Torchrun:
             env.pop(name, None)
         return env
 
-    def command(self, args: Sequence[str], nproc: int = 2) -> list[str]:
+    def command(self, args: Sequence[str], nproc: int = 2, script: Path | None = None) -> list[str]:
+        """The torchrun command line: ``-m dclip_cli ARGS``, or ``--no-python SCRIPT ARGS`` (the ``dclip`` entry
+        point)."""
+        program = ["--no-python", str(script)] if script is not None else ["-m", "dclip_cli"]
         return [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-            "--monitor-interval", "0.2", "-m", "dclip_cli", *args,
+            "--monitor-interval", "0.2", *program, *args,
         ]  # fmt: skip
 
     def run(
-        self, args: Sequence[str], nproc: int = 2, timeout: float = 120
+        self, args: Sequence[str], nproc: int = 2, timeout: float = 120, script: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run ``dclip ARGS`` on ``nproc`` ranks and wait for it."""
         return subprocess.run(
-            self.command(args, nproc), env=self.env(), capture_output=True, text=True, timeout=timeout
+            self.command(args, nproc, script), env=self.env(), capture_output=True, text=True, timeout=timeout
         )
 
     def start(self, args: Sequence[str], nproc: int = 2) -> subprocess.Popen[str]:
