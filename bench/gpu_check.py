@@ -147,7 +147,9 @@ class Check:
         self.cuda = self.device.type == "cuda"
         name = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
         self.peak = args.peak_tflops or (bench.peak_bf16_tflops(name) if self.cuda else None)
-        self.bf16 = "bf16" if self.cuda or P.resolve_precision("bf16", self.device) else "fp32"
+        # the low precision of the UNets: bf16, or fp16 on GPUs without bf16 (which then train in fp32)
+        self.bf16 = "bf16" if not self.cuda or P.device_supports_bf16(self.device) else "fp16"
+        self.train_precision = "bf16" if self.bf16 == "bf16" else "fp32"
 
     def run(self, check: str, fn: Callable[[], dict[str, Any]], **labels: Any) -> None:
         log(f"{check} {' '.join(f'{k}={v}' for k, v in labels.items())}")
@@ -238,9 +240,9 @@ class Check:
         x0 = images(int(model.image_size), 1, self.device)
         x_lat = ddim.q_sample(x0.cpu(), T0, generator=torch.Generator().manual_seed(0)).to(self.device)
         clip_loss.text_direction("face", "angry face")  # the 79-template text pass, outside the measurement
-        config = FinetuneConfig(t0=T0, n_train_steps=TRAIN_STEPS, n_inv_steps=TRAIN_STEPS, n_gen_steps=TRAIN_STEPS,
-                                mode=mode, epochs=1, batch_size=1, lr=8e-6, precision=self.bf16,
-                                checkpointing="auto", l1_weight=0.0)  # fmt: skip
+        steps = {"n_train_steps": TRAIN_STEPS, "n_inv_steps": TRAIN_STEPS, "n_gen_steps": TRAIN_STEPS}
+        config = FinetuneConfig(t0=T0, **steps, mode=mode, epochs=1, batch_size=1, lr=8e-6,
+                                precision=self.train_precision, checkpointing="auto", l1_weight=0.0)  # fmt: skip
         losses: list[float] = []
 
         def on_step(info: dict[str, Any]) -> None:
@@ -260,7 +262,7 @@ class Check:
         record = {
             "ok": finite(*tuned.parameters(), torch.tensor(losses)) and bool(losses),
             "checkpointing": P.resolve_checkpointing("auto", mode=mode),
-            "precision": self.bf16,
+            "precision": self.train_precision,
             "train_steps": TRAIN_STEPS,
             "seconds_per_batch": round(seconds, 3),
             "peak_memory_kind": "cuda_max_allocated" if self.cuda else "process_peak_rss",
@@ -402,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     check.run("env", check.env)
     only = set(args.only)
     for arch in ("ddpm", "adm") if "forward" in only else ():
-        for precision in ("fp32", "bf16"):
+        for precision in ("fp32", check.bf16):
             check.run(
                 "forward", lambda a=arch, p=precision: check.forward(a, p), arch=arch, precision=precision
             )
