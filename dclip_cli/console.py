@@ -6,6 +6,7 @@ module: it reports progress as events (:mod:`dclip_cli.progress`), which ``dclip
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -28,12 +29,28 @@ err = Console(stderr=True, soft_wrap=True)
 
 _quiet = False
 _verbose = False
+_prefix = ""  # "[rank R] " on the ranks other than 0 of a torchrun job
 
 
 def configure(*, quiet: bool = False, verbose: bool = False) -> None:
     """Set the verbosity chosen by the global ``--quiet`` / ``--verbose`` options."""
     global _quiet, _verbose
-    _quiet, _verbose = quiet, verbose
+    _quiet, _verbose = quiet or bool(_prefix), verbose
+
+
+def configure_rank(rank: int) -> None:
+    """Under torchrun: ranks other than 0 print no results and no progress, only warnings and errors, each
+    prefixed with ``[rank R]`` (rank 0 prints as a single process does)."""
+    global out, _quiet, _prefix
+    if rank == 0:
+        return
+    _prefix, _quiet = f"[rank {rank}] ", True
+    out = Console(file=open(os.devnull, "w"), soft_wrap=True)  # noqa: SIM115 - lives as long as the process
+
+
+def prefix() -> str:
+    """What starts this process's warning and error lines: ``"[rank R] "`` on torchrun's other ranks, else ``""``."""
+    return _prefix
 
 
 def is_quiet() -> bool:
@@ -54,7 +71,7 @@ def debug(message: str) -> None:
 
 def warn(message: str) -> None:
     """A warning on stderr (shown even with ``--quiet``)."""
-    err.print(f"[yellow]Warning:[/yellow] {message}", highlight=False)
+    err.print(f"{_prefix}[yellow]Warning:[/yellow] {message}", highlight=False)
 
 
 class _LabelCell:

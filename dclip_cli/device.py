@@ -15,10 +15,18 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 def resolve_device(spec: str | None = "auto") -> torch.device:
     """Return the ``torch.device`` for ``spec`` (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``).
 
+    Under torchrun (:mod:`dclip_cli.distributed`) the answer is the rank's own device, and a value naming another
+    device is refused.
+
     Raises:
         DeviceError: the device was asked for explicitly but is not available.
     """
     import torch
+
+    from dclip_cli.distributed import current
+
+    if current().active:
+        return current().resolve_device(spec)
 
     spec = (spec or "auto").lower()
     if spec == "auto":

@@ -128,3 +128,7 @@ class TrainingDivergedError(NonFiniteError):
 
 class NotConfirmedError(DclipError):
     """A long run (or one doing more than asked, such as a new fine-tune) needed a confirmation it did not get."""
+
+
+class DistributedError(DclipError, RuntimeError):
+    """A run under torchrun cannot start or continue: a bad launch environment, or a rank that stopped."""

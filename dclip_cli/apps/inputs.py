@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dclip_cli.distributed import Context, current, shard_chunks
 from dclip_cli.errors import ConfigError, ImageError
 
 if TYPE_CHECKING:
@@ -24,7 +25,8 @@ DETECTION_SIZE = 224
 
 @dataclass
 class InputImage:
-    """One readable input, prepared at the model size: ``x0`` is (1, 3, S, S) in [-1, 1]."""
+    """One readable input, prepared at the model size: ``x0`` is (1, 3, S, S) in [-1, 1] (``None`` under torchrun
+    for an input another rank loaded and processes)."""
 
     path: Path
     x0: Any
@@ -112,12 +114,14 @@ def prepare_inputs(
 
     Unreadable inputs are reported (one warning each) and kept in :attr:`Inputs.failed`; if none is readable, the
     problem is raised instead (the loader's own error and hint when there is one input).
+    Under torchrun each rank loads its share (:func:`load_share`) and every rank knows every input.
     """
     from dclip_cli.detect import Detection
     from dclip_cli.images import expand_inputs
 
     files = expand_inputs(paths)
     failed: list[tuple[Path, ImageError]] = []
+    ctx = current()
     candidates = presets_with_edits(session, edits) if edits else []
     if domain is None and len(candidates) == 1:
         preset = candidates[0]
@@ -130,16 +134,44 @@ def prepare_inputs(
         _raise_if_none_readable(probe, failed)
         label = str(files[0]) if len(files) == 1 else f"{len(probe)} images"
         preset, detection = detect(session, probe, label, candidates or None)
+        if ctx.active:  # every rank detected on every input; rank 0's choice holds for all
+            name, detection = ctx.broadcast_object((preset.name, detection))
+            preset = session.preset(name)
         files = [p.path for p in probe]
     else:
         preset = session.preset(domain)
         detection = None
-    ok, more = load_inputs(session, files, preset.image_size, preset)
+    if ctx.active:
+        ok, more = load_share(session, files, preset, ctx)
+    else:
+        ok, more = load_inputs(session, files, preset.image_size, preset)
     failed.extend(more)
     _raise_if_none_readable(ok, failed)
-    for path, exc in failed:
+    for path, exc in failed if ctx.is_main else ():
         session.reporter.warn(f"Skipping {path}: {exc.message}")
     return Inputs(preset, detection, ok, [(path, exc.message) for path, exc in failed])
+
+
+def load_share(
+    session: Session, files: Sequence[Path], preset: Preset, ctx: Context
+) -> tuple[list[InputImage], list[tuple[Path, ImageError]]]:
+    """Under torchrun: load this rank's whole batches of ``files`` (batch j goes to rank j mod N, see
+    :func:`~dclip_cli.distributed.shard_chunks`), so each input keeps the batch it has in one process.
+
+    Returns:
+        Like :func:`load_inputs`, for every input in input order: the other ranks' readable inputs have
+        ``x0 = None`` (their rank processes them); the unreadable inputs of every rank.
+    """
+    share = shard_chunks(len(files), session.runtime.batch_size, ctx.world_size, ctx.rank)
+    ok, bad = load_inputs(session, [files[i] for rows in share for i in rows], preset.image_size, preset)
+    mine = {str(inp.path): inp for inp in ok}
+    reasons: dict[str, tuple[str, str | None]] = {}
+    for part in ctx.all_gather_object({str(p): (exc.message, exc.hint) for p, exc in bad}):
+        reasons.update(part)
+    images = [mine.get(str(p), InputImage(p, None, {})) for p in files if str(p) not in reasons]
+    return images, [
+        (p, ImageError(reasons[str(p)][0], hint=reasons[str(p)][1])) for p in files if str(p) in reasons
+    ]
 
 
 def _raise_if_none_readable(ok: Sequence[InputImage], failed: Sequence[tuple[Path, ImageError]]) -> None:
@@ -175,6 +207,8 @@ class LatentArg:
         check_latent(
             self.meta, path=self.path, model_sha256=base.sha256, t0=settings.t0, steps=settings.n_inv_steps
         )
+        if inp.x0 is None:  # under torchrun the rank that holds the image checks it
+            return
         if tuple(self.x.shape[-3:]) != tuple(inp.x0.shape[-3:]):
             raise ConfigError(
                 f"The latent {self.path} has shape {tuple(self.x.shape)}, which does not fit the preset's "

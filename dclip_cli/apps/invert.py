@@ -12,8 +12,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from dclip_cli.apps.config import RunConfig, Runtime, batches
+from dclip_cli.apps.config import RunConfig, Runtime
 from dclip_cli.apps.session import Session
+from dclip_cli.distributed import current, shard_chunks
 from dclip_cli.errors import ConfigError, ImageError, NonFiniteError
 from dclip_cli.estimate import GPU_CHOICE
 from dclip_cli.progress import ProgressCallback, Reporter
@@ -136,6 +137,9 @@ def invert_images(
     if not files:
         raise ImageError("No input image was given.", hint="Pass one or more image files or folders.")
     plans = plan_latents(files, outputs.output, overwrite=outputs.overwrite)
+    ctx = current()  # under torchrun: each rank its whole batches of the inputs (batch j to rank j mod N)
+    chunks = [list(rows) for rows in shard_chunks(len(files), runtime.batch_size, ctx.world_size, ctx.rank)]
+    ctx.barrier()  # every rank checked every output before any is written
 
     arch, arch_cfg = load_arch_config(arch_config) if arch_config is not None else (None, None)
     base = load_base(preset, checkpoint=checkpoint, arch=arch, arch_config=arch_cfg, device=session.device,
@@ -151,21 +155,21 @@ def invert_images(
                 f"Preset {preset.name!r} asks for the aligner {preset.aligner!r}, which no plugin registers; "
                 "using a centre crop."
             )
-    prepared: list[tuple[torch.Tensor, dict[str, Any]]] = []
-    for f in files:
-        x0, info = load_and_prepare(f, size, aligner=aligner, require_face=runtime.require_face)
+    prepared: dict[int, tuple[torch.Tensor, dict[str, Any]]] = {}
+    for i in (i for chunk in chunks for i in chunk):
+        x0, info = load_and_prepare(files[i], size, aligner=aligner, require_face=runtime.require_face)
         for message in info.get("warnings", []):
             reporter.warn(message)
-        prepared.append((x0, info))
+        prepared[i] = (x0, info)
 
     n_images = len(files)
-    chunks = batches(list(range(n_images)), runtime.batch_size)
     total = len(chunks) * (2 * n_steps - 1)
-    session.check_time(
-        base.model, torch.cat([x for x, _ in prepared[: runtime.batch_size]]).to(session.device), infer_calls=total,
-        what=f"inverting and reconstructing {n_images} image(s)",
-        choices=[f"fewer steps (--steps 10; now {n_steps})", GPU_CHOICE],
-    )  # fmt: skip
+    if chunks:  # under torchrun a rank may have no batch of its own
+        session.check_time(
+            base.model, torch.cat([prepared[i][0] for i in chunks[0]]).to(session.device), infer_calls=total,
+            what=f"inverting and reconstructing {n_images} image(s)",
+            choices=[f"fewer steps (--inv-steps 10; now {n_steps})", GPU_CHOICE],
+        )  # fmt: skip
     results: list[InvertedImage] = []
     for chunk in chunks:
         x0 = torch.cat([prepared[i][0] for i in chunk]).to(session.device)
@@ -212,6 +216,9 @@ def invert_images(
             )
             results.append(InvertedImage(files[i], latent_path, recon_path, mse, psnr, image_sha))
             reporter.emit(Event("output", data={"result": results[-1]}))
+    if ctx.active:  # every rank's results, in input order
+        order = {str(f): i for i, f in enumerate(files)}
+        results = sorted(sum(ctx.all_gather_object(results), []), key=lambda r: order[str(r.image)])
     return InvertReport(
         images=results,
         checkpoint=name,

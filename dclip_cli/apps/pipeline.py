@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from dclip_cli.apps.config import Outputs, SamplingSettings, batches
 from dclip_cli.apps.inputs import InputImage, Inputs
+from dclip_cli.distributed import current
 
 if TYPE_CHECKING:
     from dclip_cli.apps.session import Session
@@ -116,7 +117,13 @@ class Run:
         self.totals: dict[str, int] = {}
         #: the metrics this run computes (set by the application; recorded in the sidecars)
         self.metric_names: list[str] = []
-        self._batches = batches(list(zip(inputs.images, self.plans, strict=True)), session.runtime.batch_size)
+        # under torchrun the inputs another rank loaded (x0 None) are its work; every rank planned every output
+        # before any is written
+        mine = [
+            (inp, plan) for inp, plan in zip(inputs.images, self.plans, strict=True) if inp.x0 is not None
+        ]
+        self._batches = batches(mine, session.runtime.batch_size)
+        current().barrier()
 
     @property
     def reporter(self) -> Any:
@@ -147,7 +154,10 @@ class Run:
         ``choices`` word it)."""
         self.totals = {label: n for label, n in totals.items() if n}
         n_calls = sum(self.totals.values()) if calls is None else calls
-        self.session.check_time(model, self.first_batch(), infer_calls=n_calls, what=what, choices=choices)
+        if self._batches:  # under torchrun a rank may have no batch of its own
+            self.session.check_time(
+                model, self.first_batch(), infer_calls=n_calls, what=what, choices=choices
+            )
 
     def uncached(self, base: LoadedModel, settings: SamplingSettings, need_rec: bool) -> tuple[int, int]:
         """``(batches to invert, batches to reconstruct)``: the batches of this run whose inversion (and, when
@@ -402,9 +412,14 @@ class Run:
         self.reporter.emit(Event("output", data={"result": result}))
 
     def report(self, models: Sequence[LoadedModel]) -> RunReport:
-        return RunReport(
-            self.results, self.inputs.failed, self.preset.name, self.inputs.detection, list(models)
-        )
+        """The run's report; under torchrun every rank's results, in input order."""
+        results = self.results
+        if current().active:
+            order = {str(plan.image): i for i, plan in enumerate(self.plans)}
+            results = sorted(
+                sum(current().all_gather_object(results), []), key=lambda r: order[str(r.outputs.image)]
+            )
+        return RunReport(results, self.inputs.failed, self.preset.name, self.inputs.detection, list(models))
 
 
 def _save_image(x: Any, path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dclip_cli.apps.config import QUICK_MAX_IMAGES, AutoFinetune, SamplingSettings
+from dclip_cli.distributed import current, decide_on_main
 from dclip_cli.errors import (
     CheckpointError,
     CheckpointNotCachedError,
@@ -241,7 +242,9 @@ def finetune_now(
     }
     with edit_locks(preset.name, [target.key], session.reporter):
         # another process may have fine-tuned this edit while this one waited for the lock
-        match = find_match(preset, target.src, target.trg, base_sha256=base.sha256, t0=t0)
+        match = decide_on_main(
+            lambda: find_match(preset, target.src, target.trg, base_sha256=base.sha256, t0=t0)
+        )
         if match is not None:
             session.reporter.info(
                 f"Another dclip process fine-tuned {target.label} while this one waited; reusing {match}."
@@ -296,7 +299,9 @@ def finetune_now(
     tuned.requires_grad_(False)
     tuned.eval()
     session.reporter.info(f"Fine-tuned in {pair.seconds:.1f} s and saved to {path}.")
+    ctx = current()  # under torchrun every rank holds the model; rank 0 wrote (and hashes) the file
+    sha256 = ctx.broadcast_object(known_sha256(path) if ctx.is_main else None)
     return LoadedModel(
-        tuned, "edit", f"{preset.name}/{path.stem}", path, known_sha256(path), "finetuned",
+        tuned, "edit", f"{preset.name}/{path.stem}", path, sha256, "finetuned",
         t0=pair.config.t0, src_text=target.src, trg_text=target.trg,
     )  # fmt: skip

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dclip_cli.apps.config import Runtime
+from dclip_cli.distributed import current
 from dclip_cli.errors import ConfigError, DclipError
 from dclip_cli.progress import ProgressCallback, Reporter
 
@@ -108,6 +109,11 @@ class Session:
         from dclip_cli.estimate import check_estimate, estimate_run
 
         long_runs = None if self.approved else self.runtime.long_runs
+        ctx = current()
+        if ctx.active:  # under torchrun no rank asks (the ranks must decide alike); rank 0 says the estimate
+            long_runs = None
+            if not ctx.is_main:
+                return
         if self.reporter.callback is None and long_runs is None:
             return
         fast = self.fast(model)
@@ -132,7 +138,7 @@ class Session:
         from dclip_cli.errors import NotConfirmedError
 
         policy = self.runtime.long_runs
-        if policy is None or self.approved:
+        if policy is None or self.approved or current().active:  # under torchrun no rank asks
             self.reporter.warn(message)
             return
         options = "; ".join(choices)

@@ -50,5 +50,19 @@ def tune_runtime(state: State) -> None:
     from dclip_cli.device import resolve_device
     from dclip_cli.precision import tune_cpu_allocator
 
+    join_torchrun(state)
     if resolve_device(state.device).type == "cpu":
         tune_cpu_allocator()
+
+
+def join_torchrun(state: State) -> None:
+    """Under torchrun: join the job (:func:`dclip_cli.distributed.setup`, which refuses a contradicting
+    ``--device``), take the rank's device, print as rank 0 or as another rank (``console.configure_rank``) and stop
+    like an interrupted run when torchrun sends SIGTERM. Nothing happens outside torchrun."""
+    from dclip_cli import console, distributed
+
+    ctx = distributed.setup(state.device)
+    if ctx.active:
+        state.device = str(ctx.device)
+        console.configure_rank(ctx.rank)
+        distributed.stop_on_sigterm()

@@ -41,7 +41,8 @@ class Display:
 
     def __call__(self, event: Event) -> None:
         if event.kind == "warning":
-            self.progress.console.print(f"[yellow]Warning:[/yellow] {escape(event.message)}", highlight=False)
+            text = f"{console.prefix()}[yellow]Warning:[/yellow] {escape(event.message)}"
+            self.progress.console.print(text, highlight=False)
         elif event.message:
             self.print(escape(event.message))
         if event.done is None:

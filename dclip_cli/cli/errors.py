@@ -102,15 +102,18 @@ def report(exc: BaseException) -> int:
     """Print ``exc`` for a user and return the exit code."""
     from rich.markup import escape
 
-    from dclip_cli import console
+    from dclip_cli import console, distributed
 
+    who = escape(console.prefix() or distributed.log_prefix())  # "[rank R] " on torchrun's other ranks
     if isinstance(exc, KeyboardInterrupt):
         word = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
         console.err.print(
-            f"[red]{word}.[/red] No half-written file was left behind (a partial download is kept and resumed "
+            f"{who}[red]{word}.[/red] No half-written file was left behind (a partial download is kept and resumed "
             "next time)."
         )
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    if distributed.current().active and distributed.is_collective_failure(exc):
+        exc = distributed.rank_failure(exc, distributed.current())
     formatter: Callable[[BaseException], tuple[str, str | None]] | None = None
     if _is_cuda_oom(exc):
         formatter = _format_memory
@@ -129,9 +132,9 @@ def report(exc: BaseException) -> int:
         message, hint = formatter(exc)
     if debug_enabled():
         console.err.print("".join(traceback.format_exception(exc)), markup=False, highlight=False)
-    console.err.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False)
+    console.err.print(f"{who}[bold red]Error:[/bold red] {escape(message)}", highlight=False)
     if hint:
-        console.err.print(f"[dim]Hint:[/dim] {escape(hint)}", highlight=False)
+        console.err.print(f"{who}[dim]Hint:[/dim] {escape(hint)}", highlight=False)
     return EXIT_ERROR
 
 

@@ -107,7 +107,10 @@ def finetune_command(
         int | None,
         typer.Option("--samples", min=0, help="Training images drawn from the base model. Default: preset."),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per optimizer batch.")] = 1,
+    batch_size: Annotated[
+        int,
+        typer.Option("--batch-size", min=1, help="Images per optimizer batch (per process under torchrun)."),
+    ] = 1,
     seed: SeedOpt = 0,
     clip_model: Annotated[
         str, typer.Option("--clip-model", help="CLIP model name (ViT-B/16, ViT-B/32) or OpenAI CLIP file.")
@@ -147,7 +150,7 @@ def finetune_command(
     from rich.markup import escape
     from rich.table import Table
 
-    from dclip_cli import api, console
+    from dclip_cli import api, console, distributed
     from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
     from dclip_cli.cli.display import Display
     from dclip_cli.cli.settings import long_runs_policy
@@ -155,6 +158,8 @@ def finetune_command(
 
     if domain is None:
         raise typer.BadParameter("choose a domain, for example --domain face.", param_hint="'--domain'")
+    state = get_state(ctx)
+    tune_runtime(state)  # first: under torchrun it also decides what this rank prints
     registry = load_registry_with_warnings()
     preset = registry.preset(domain)
     texts = list(text or [])
@@ -173,13 +178,11 @@ def finetune_command(
         "id_weight": id_weight,
         "lpips_weight": lpips_weight,
         "eta": eta,
-        "batch_size": batch_size,
+        "batch_size": batch_size * distributed.current().world_size,  # under torchrun: N x b in all
         "seed": seed,
         "precision": precision.value,
         "checkpointing": checkpointing.value,
     }
-    state = get_state(ctx)
-    tune_runtime(state)
     saved: list[Path] = []  # artifacts of the edits finished so far, printed even if the run is interrupted
 
     def on_event(event: Event) -> None:

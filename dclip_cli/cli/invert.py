@@ -106,9 +106,9 @@ def invert_command(
             "generation steps in every other command. Use --inv-steps."
         )
         inv_steps = old_steps
-    load_registry_with_warnings()
     state = get_state(ctx)
-    tune_runtime(state)
+    tune_runtime(state)  # first: under torchrun it also decides what this rank prints
+    load_registry_with_warnings()
     with Display() as display, printing_outputs(display, lambda r: [r.latent, r.reconstruction]) as progress:
         report = api.invert_images(
             images, domain=domain, checkpoint=checkpoint, arch_config=arch_config,

@@ -106,11 +106,12 @@ def render_report(report: Any, *, as_json: bool, title: str) -> None:
         console.err.print(metrics_table(title, rows))
     if report.failed:
         names = ", ".join(escape(str(p)) for p, _ in report.failed)
-        console.err.print(
-            f"[bold red]Error:[/bold red] {len(report.failed)} of {len(report.failed) + len(report.results)} "
-            f"input(s) could not be read and were skipped: {names}.",
-            highlight=False,
-        )
+        if not console.prefix():  # under torchrun rank 0 says it for all
+            console.err.print(
+                f"[bold red]Error:[/bold red] {len(report.failed)} of {len(report.failed) + len(report.results)} "
+                f"input(s) could not be read and were skipped: {names}.",
+                highlight=False,
+            )
         raise typer.Exit(code=1)
 
 
@@ -120,5 +121,5 @@ def start_run(ctx: typer.Context, quiet: bool) -> None:
     from dclip_cli.cli._common import get_state, load_registry_with_warnings, tune_runtime
 
     apply_quiet(ctx, quiet)
+    tune_runtime(get_state(ctx))  # first: under torchrun it also decides what this rank prints
     load_registry_with_warnings()
-    tune_runtime(get_state(ctx))

@@ -14,9 +14,11 @@ from pathlib import Path
 from dclip_cli.checkpoints import cache, download
 from dclip_cli.checkpoints.builtin import CORE_SPECS
 from dclip_cli.checkpoints.registry import CheckpointSpec
+from dclip_cli.distributed import current
 from dclip_cli.errors import UnknownCheckpointError
 from dclip_cli.presets.manager import get_registry
 from dclip_cli.progress import ProgressCallback, Reporter
+from dclip_cli.store.shared_cache import shared_fetch
 
 
 def all_specs() -> dict[str, CheckpointSpec]:
@@ -67,13 +69,21 @@ def fetch(
     settings: download.DownloadSettings | None = None,
 ) -> Path:
     """The cached file of a registered checkpoint, downloaded and verified first when needed
-    (:func:`dclip_cli.checkpoints.download.fetch` of its spec).
+    (:func:`dclip_cli.checkpoints.download.fetch` of its spec). Under torchrun only local rank 0 of each node
+    downloads; the other ranks wait for its file (:func:`dclip_cli.store.shared_cache.shared_fetch`).
 
     Raises:
         UnknownCheckpointError: no registry entry has that name; and as :func:`download.fetch`.
     """
     spec = name_or_spec if isinstance(name_or_spec, CheckpointSpec) else get_spec(name_or_spec)
-    return download.fetch(spec, cache_dir=cache_dir, progress=progress, offline=offline, settings=settings)
+    ctx = current()
+
+    def get() -> Path:
+        return download.fetch(
+            spec, cache_dir=cache_dir, progress=progress, offline=offline, settings=settings
+        )
+
+    return shared_fetch(spec, ctx, get, cache_dir) if ctx.active else get()
 
 
 def manual_hint(spec: CheckpointSpec) -> str:

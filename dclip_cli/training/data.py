@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from dclip_cli.distributed import current
 from dclip_cli.latents import LatentCache, tensor_sha256
 from dclip_cli.presets.preset import Preset
 from dclip_cli.progress import Event, Reporter
+from dclip_cli.training.ddp import map_chunks
 from dclip_cli.training.loop import model_device
 
 if TYPE_CHECKING:
@@ -90,6 +92,7 @@ def draw_samples(
 
     The noise is drawn on the CPU from ``torch.Generator().manual_seed(seed)``, so the samples do not depend on
     the device or the batch size (up to floating-point differences). Progress is reported per DDIM step.
+    Under torchrun the batches still to draw are dealt to the ranks and every rank receives them all.
 
     Args:
         keep: called with ``(start index, samples)`` for every batch as soon as it is drawn (to store it).
@@ -110,7 +113,10 @@ def draw_samples(
         for j in range(x.shape[0]):
             if 0 <= start + j < n:
                 slots[start + j] = x[j : j + 1]
-    todo = [i for i in range(0, n, batch_size) if any(s is None for s in slots[i : i + batch_size])]
+    ctx = current()
+    missing = [i for i in range(0, n, batch_size) if any(s is None for s in slots[i : i + batch_size])]
+    # under torchrun: a batch any rank lacks is drawn (by one rank, dealt in turn) and shared with all
+    todo = sorted(set().union(*ctx.all_gather_object(missing)))[ctx.rank :: ctx.world_size]
     total = len(todo) * n_steps
     model.eval()
     for k, start in enumerate(todo):
@@ -126,6 +132,12 @@ def draw_samples(
             slots[start + j] = x0[j : j + 1]
         if keep is not None:
             keep(start, x0)
+    if ctx.active:
+        mine = {start: torch.cat(slots[start : start + batch_size]) for start in todo}  # type: ignore[arg-type]
+        for part in ctx.all_gather_object(mine):
+            for start, x in part.items():
+                for j in range(x.shape[0]):
+                    slots[start + j] = x[j : j + 1]
     if not todo:
         _phase(reporter, "sample", n, n, f"{n}/{n} drawn")
     return torch.cat([s for s in slots if s is not None]) if n else noise[:0]
@@ -218,7 +230,8 @@ def invert_training_images(
 ) -> TrainingData:
     """Invert images to t₀ and reconstruct them, reusing the content-keyed latent cache (FIX 12).
 
-    For each image not in the cache: x_lat = DDIM inversion with ``n_inv_steps`` points, x_rec = generation from
+    For each image not in the cache (of any rank, under torchrun: each rank inverts its chunks and stores them, and
+    every rank receives them all): x_lat = DDIM inversion with ``n_inv_steps`` points, x_rec = generation from
     x_lat with the same sequence (η = 0), as the original's precompute stage (section 8.2); both are stored under
     the key (image content, model SHA-256, t₀, steps).
 
@@ -249,25 +262,29 @@ def invert_training_images(
         if found is not None:
             x_lat[i], x_rec[i] = found
             hits += 1
-    todo = [i for i in range(n) if x_lat[i] is None]
+    missing = [i for i in range(n) if x_lat[i] is None]
+    todo = sorted(set().union(*current().all_gather_object(missing)))  # a miss on any rank is computed
+    hits = n - len(todo)
     device = model_device(model)
     model.eval()
-    done = hits
     if reporter is not None:
-        _phase(reporter, "invert", done, n)
-    for start in range(0, len(todo), batch_size):
-        idx = todo[start : start + batch_size]
-        batch = x0[idx].to(device)
+        _phase(reporter, "invert", hits, n)
+
+    def invert_chunk(rows: range) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = todo[rows.start : rows.stop]
         with torch.no_grad():
-            lat = invert(model, batch, t0=t0, n_steps=n_inv_steps)
-            rec = generate(model, lat, t0=t0, n_steps=n_inv_steps)
+            lat = invert(model, x0[idx].to(device), t0=t0, n_steps=n_inv_steps).cpu()
+            rec = generate(model, lat.to(device), t0=t0, n_steps=n_inv_steps).cpu()
         for j, i in enumerate(idx):
-            lat_i, rec_i = lat[j : j + 1].cpu(), rec[j : j + 1].cpu()
-            cache.put(keys[i], model_sha256, t0, n_inv_steps, lat_i, rec_i)
-            x_lat[i], x_rec[i] = lat_i, rec_i
-        done += len(idx)
+            cache.put(keys[i], model_sha256, t0, n_inv_steps, lat[j : j + 1], rec[j : j + 1])
         if reporter is not None:
-            _phase(reporter, "invert", done, n)
+            _phase(reporter, "invert", hits + rows.stop, n)
+        return lat, rec
+
+    chunks = map_chunks(invert_chunk, len(todo), batch_size, current())
+    for start, (lat, rec) in zip(range(0, len(todo), batch_size), chunks, strict=True):
+        for j, i in enumerate(todo[start : start + batch_size]):
+            x_lat[i], x_rec[i] = lat[j : j + 1], rec[j : j + 1]
     return TrainingData(
         x0=x0.cpu(),
         x_lat=torch.cat([t for t in x_lat if t is not None]) if n else x0[:0],

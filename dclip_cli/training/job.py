@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dclip_cli.distributed import current, decide_on_main, main_only
 from dclip_cli.errors import ConfigError
 from dclip_cli.estimate import LongRuns, check_finetune_time
 from dclip_cli.latents import tensor_sha256
@@ -36,6 +37,7 @@ from dclip_cli.training.data import (
     training_images,
     uncached_latents,
 )
+from dclip_cli.training.ddp import agree_on_start
 from dclip_cli.training.loop import LossFn, StepInfo, TrainingState, finetune, model_device
 from dclip_cli.training.records import (  # noqa: F401 - importable from here too
     artifact_metadata,
@@ -302,10 +304,12 @@ def run_finetune(
         library=output is None if library is None else library, library_names=library_names, overwrite=overwrite,
     )  # fmt: skip
     with edit_locks(preset.name, [p.key for p in text_pairs], reporter):
-        reused = [
-            reusable_artifact(dests, pair, base_sha256=base_sha256, t0=cfg.t0, overwrite=overwrite)
-            for pair, cfg, dests in zip(text_pairs, configs, destinations, strict=True)
-        ]
+        reused = decide_on_main(
+            lambda: [
+                reusable_artifact(dests, pair, base_sha256=base_sha256, t0=cfg.t0, overwrite=overwrite)
+                for pair, cfg, dests in zip(text_pairs, configs, destinations, strict=True)
+            ]
+        )
         if all(paths is not None for paths in reused):  # another process made them all while this one waited
             pairs_done = [
                 _reused(p, c, paths or [], reporter)
@@ -419,7 +423,9 @@ def _run(
             misses += len(keys) + len(preview_keys) - train.cache_hits - preview.cache_hits
             data[(cfg.t0, cfg.n_inv_steps)] = (train, preview)
         train, preview = data[(cfg.t0, cfg.n_inv_steps)]
-        reuse = reusable_artifact(dests, pair, base_sha256=base_sha, t0=cfg.t0, overwrite=overwrite)
+        reuse = decide_on_main(
+            partial(reusable_artifact, dests, pair, base_sha256=base_sha, t0=cfg.t0, overwrite=overwrite)
+        )
         if reuse is not None:  # another process saved this edit while this one waited for its lock
             result = _reused(pair, cfg, reuse, reporter)
         else:
@@ -492,6 +498,7 @@ class _Job:
         if self.resume and state is None:
             self.reporter.warn(f"No saved state for {pair.key!r} in {folder}; starting anew.")
         start_epoch = int(state["epochs_done"]) if state is not None else 0
+        agree_on_start(start_epoch, current(), folder)  # under torchrun every rank resumes the same state
         run.doc = {
             "preset": self.preset.name,
             "edit": pair.key,
@@ -589,12 +596,13 @@ class _Job:
             dev, precision_name(resolve_precision(cfg.precision, dev, training=True))
         )
         written = []
-        for dest in dests:
-            written.append(
+        for dest in dests:  # under torchrun rank 0 alone writes (the ranks hold the same weights)
+            if current().is_main:
                 save_artifact(dest.path, tuned, meta, dtype=self.save_dtype, overwrite=self.overwrite)
-            )
-            if dest.library_name is not None:
-                write_entry_meta(dest.path, dest.library_name)
+                if dest.library_name is not None:
+                    write_entry_meta(dest.path, dest.library_name)
+            written.append(dest.path)
+        current().barrier()
         run.finish(written)
         epoch_losses = run.doc["epoch_losses"]
         return PairResult(
@@ -627,6 +635,7 @@ class _RunFolder:
     def state_path(self) -> Path:
         return self.folder / STATE_FILE
 
+    @main_only
     def write_doc(self) -> None:
         from dclip_cli.manifest import write_manifest
 
@@ -656,6 +665,8 @@ class _RunFolder:
 
         self.doc["epoch_losses"].append(ts.losses)
         self.doc["epochs_done"] = ts.epochs_done
+        if not current().is_main:  # rank 0 alone writes the state and the previews
+            return None
         state = {**ts.state_dict(), "fingerprint": self.fingerprint, "epoch_losses": self.doc["epoch_losses"]}
         with atomic_path(self.state_path, overwrite=True) as tmp:
             torch.save(state, tmp)
@@ -667,6 +678,7 @@ class _RunFolder:
         self.write_doc()
         return shot
 
+    @main_only
     def finish(self, artifacts: Sequence[Path]) -> None:
         self.state_path.unlink(missing_ok=True)
         self.doc.update(status="done", artifacts=[str(p) for p in artifacts])

@@ -38,6 +38,7 @@ from torch import nn
 
 from dclip_cli.diffusion.ddim import ddim_step, timestep_tensor
 from dclip_cli.diffusion.schedule import alpha_bar, generation_pairs
+from dclip_cli.distributed import current
 from dclip_cli.errors import ConfigError, TrainingDivergedError
 from dclip_cli.precision import (
     optimize_model,
@@ -45,6 +46,7 @@ from dclip_cli.precision import (
     resolve_precision,
     set_gradient_checkpointing,
 )
+from dclip_cli.training import ddp
 from dclip_cli.training.config import FinetuneConfig
 
 StepInfo = dict[str, Any]
@@ -129,6 +131,7 @@ def loss_terms(
     config: FinetuneConfig,
     id_loss: LossFn | None = None,
     lpips_loss: LossFn | None = None,
+    n_images: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The fine-tuning objective on generated images ``x`` (section 8.1, summed in float32).
 
@@ -138,21 +141,26 @@ def loss_terms(
     Args:
         x0: (B, 3, S, S) source images in [-1, 1] (no gradient).
         x: (B, 3, S, S) generated images (final image or x̂₀) with gradient.
+        n_images: the weight of this batch under torchrun (default ``B``; 0 for a rank's stand-in image): every
+            term is then the mean over the whole global batch (:func:`dclip_cli.training.ddp.reduce_terms`).
 
     Returns:
         ``(total, terms)``: the scalar loss and the unweighted terms by name (``clip``, ``l1``, ``id``, ``lpips``).
     """
     from dclip_cli.losses.clip import clip_term
 
-    terms: dict[str, torch.Tensor] = {"clip": clip_term(clip_loss(x0, src_text, x, trg_text)).float()}
+    means: dict[str, torch.Tensor] = {"clip": clip_loss(x0, src_text, x, trg_text)}  # L_dir, before the -log
     if config.l1_weight > 0:
-        terms["l1"] = (x0 - x).abs().mean().float()
+        means["l1"] = (x0 - x).abs().mean().float()
     if config.id_weight > 0:
         assert id_loss is not None  # checked by finetune()
-        terms["id"] = id_loss(x0, x).float().mean()
+        means["id"] = id_loss(x0, x).float().mean()
     if config.lpips_weight > 0:
         assert lpips_loss is not None
-        terms["lpips"] = lpips_loss(x0, x).float().mean()
+        means["lpips"] = lpips_loss(x0, x).float().mean()
+    # under torchrun the batch means cover every rank's images, L_dir before its -log (issue 14)
+    terms = ddp.reduce_terms(means, x.shape[0] if n_images is None else n_images, current())
+    terms["clip"] = clip_term(terms["clip"]).float()
     weights = config.loss_weights()
     total = sum((weights[name] * value for name, value in terms.items()), torch.zeros((), device=x.device))
     return total, terms
@@ -183,7 +191,9 @@ def finetune(
     """Fine-tune a copy of ``model`` so that generating from ``x_lat`` moves ``x0`` from ``src_text`` to ``trg_text``.
 
     The base ``model`` is not modified: a deep copy is trained and returned (in eval mode). Images are visited in
-    order, ``config.batch_size`` at a time, once per epoch.
+    order, ``config.batch_size`` at a time, once per epoch. Under torchrun (:mod:`dclip_cli.distributed`) every
+    rank passes all the images and trains on its part of each batch with DistributedDataParallel
+    (:mod:`dclip_cli.training.ddp`); the ranks return the same model.
 
     Args:
         model: the base eps-model (a :class:`~dclip_cli.models.DiffusionModel`); its parameters are optimised.
@@ -251,6 +261,8 @@ def finetune(
     runner: nn.Module = tuned if dtype is None else optimize_model(tuned, precision=dtype, training=True)
     checkpointing = resolve_checkpointing(config.checkpointing, mode=config.mode)
     set_gradient_checkpointing(tuned, checkpointing)
+    ctx = current()  # under torchrun: DDP, and each rank its part of every global batch of config.batch_size
+    runner = ddp.wrap_model(runner, ctx)
     pairs = generation_pairs(config.t0, config.n_train_steps)  # [(t0, t_{N-2}), …, (t_1, 0), (0, -1)]
     n_images = x0.shape[0]
     batches = math.ceil(n_images / config.batch_size)
@@ -266,8 +278,9 @@ def finetune(
             reporter.start_epoch()
             for batch in range(batches):
                 start = batch * config.batch_size
-                x0_b = x0[start : start + config.batch_size].to(device=device, dtype=torch.float32)
-                x_lat_b = x_lat[start : start + config.batch_size].to(device=device, dtype=torch.float32)
+                part = ddp.local_batch(x0, x_lat, start, config.batch_size, ctx)
+                x0_b = part.x0.to(device=device, dtype=torch.float32)
+                x_lat_b = part.x_lat.to(device=device, dtype=torch.float32)
                 reporter.base = {
                     "epoch": epoch,
                     "epochs": config.epochs,
@@ -286,13 +299,14 @@ def finetune(
                     x_lat_b,
                     pairs,
                     config=config,
-                    generator=generator,
+                    generator=ddp.batch_generator(generator, part, ctx),
                     report=reporter,
                     src_text=src_text,
                     trg_text=trg_text,
                     clip_loss=clip_loss,
                     id_loss=id_loss,
                     lpips_loss=lpips_loss,
+                    n_images=part.n_images,
                 )
             reporter.check_weights()  # before the epoch's state is handed on (and saved)
             scheduler.step()  # once per epoch (section 8.1)
@@ -369,13 +383,15 @@ class _StepTracker:
 
 
 def _unet_step(
-    model: nn.Module, x: torch.Tensor, t: int, t_next: int, eta: float, generator: torch.Generator | None
+    model: nn.Module, x: torch.Tensor, t: int, t_next: int, eta: float, generator: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One generative DDIM step (t -> t_next) with the shared :func:`~dclip_cli.diffusion.ddim.ddim_step`."""
     eps = model(x, timestep_tensor(t, x))
+    noise = generator.draw(x) if isinstance(generator, ddp.BatchNoise) else None
     return ddim_step(
-        x, eps, alpha_bar(t, x.device), alpha_bar(t_next, x.device), eta=eta, generator=generator
-    )
+        x, eps, alpha_bar(t, x.device), alpha_bar(t_next, x.device), eta=eta,
+        generator=None if noise is not None else generator, noise=noise,
+    )  # fmt: skip
 
 
 def _original_batch(
@@ -387,7 +403,7 @@ def _original_batch(
     pairs: Sequence[tuple[int, int]],
     *,
     config: FinetuneConfig,
-    generator: torch.Generator | None,
+    generator: Any,
     report: Callable[[StepInfo], None],
     **losses: Any,
 ) -> None:
@@ -426,7 +442,7 @@ def _efficient_batch(
     pairs: Sequence[tuple[int, int]],
     *,
     config: FinetuneConfig,
-    generator: torch.Generator | None,
+    generator: Any,
     report: Callable[[StepInfo], None],
     **losses: Any,
 ) -> None:

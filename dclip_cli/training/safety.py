@@ -58,9 +58,20 @@ def _lock(path: Path) -> filelock.BaseFileLock:
 @contextlib.contextmanager
 def edit_locks(preset: str, keys: Sequence[str], reporter: Reporter | None = None) -> Iterator[None]:
     """Hold the fine-tuning locks of ``keys`` (edit keys of ``preset``), waiting for another process that holds
-    one; the wait is announced once through ``reporter``."""
+    one; the wait is announced once through ``reporter``.
+
+    Under torchrun the main rank takes the locks for the job and the other ranks wait for it at a barrier (a rank
+    waiting on a lock its own job holds would hang the job).
+    """
     import filelock
 
+    from dclip_cli.distributed import current
+
+    ctx = current()
+    if ctx.active and not ctx.is_main:
+        ctx.barrier()
+        yield
+        return
     held: list[filelock.BaseFileLock] = []
     try:
         for key in sorted(set(keys)):  # one order everywhere: no deadlock between two multi-edit runs
@@ -82,6 +93,7 @@ def edit_locks(preset: str, keys: Sequence[str], reporter: Reporter | None = Non
                     )
                 continue
             held.append(lock)
+        ctx.barrier()  # the other ranks of a torchrun job go on once the locks are held
         yield
     finally:
         for lock in reversed(held):
