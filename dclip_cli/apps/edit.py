@@ -20,11 +20,10 @@ from dclip_cli.apps.config import (
     resolve_t0,
 )
 from dclip_cli.apps.inputs import prepare_inputs, read_latent_arg
-from dclip_cli.apps.pipeline import GENERATING, INVERTING, RECONSTRUCTING, Run, RunReport
+from dclip_cli.apps.pipeline import Run, RunReport
 from dclip_cli.apps.resolve import resolve_edit_model
 from dclip_cli.apps.session import Session
 from dclip_cli.errors import ConfigError
-from dclip_cli.estimate import GPU_CHOICE
 from dclip_cli.progress import ProgressCallback, Reporter
 
 
@@ -133,19 +132,11 @@ def edit_images(
 
     # 5. invert, reconstruct, generate, score and write, batch by batch
     n = run.n_batches
-    inv_b, rec_b = run.uncached(base, settings, need_rec) if lat is None else (0, n * need_rec)
     gen_calls = settings.n_gen_steps * n * len(strengths)
-    run.plan(
-        {
-            INVERTING: (settings.n_inv_steps - 1) * n if lat is None else 0,
-            GENERATING: gen_calls,
-            RECONSTRUCTING: settings.n_gen_steps * n if need_rec else 0,
-        },
-        base.model,
-        calls=(settings.n_inv_steps - 1) * inv_b + gen_calls + settings.n_gen_steps * rec_b,
-        what=f"{'inverting and ' if inv_b else ''}editing {n_img} image(s)",
-        choices=["fewer steps (--inv-steps 10 --steps 10)", GPU_CHOICE],
-    )
+    run.plan_generation(
+        base, settings, inverted=lat is not None, need_rec=need_rec, gen_calls=gen_calls,
+        what=f"editing {n_img} image(s)",
+    )  # fmt: skip
     main_index = len(strengths) - 1
     fast_base, fast_edit = session.fast(base.model), session.fast(edit_model.model)
     for batch in run.batches():

@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING
 
 from dclip_cli.apps.config import RunConfig, choose_metrics, resolve_sampling, resolve_t0
 from dclip_cli.apps.inputs import prepare_inputs, read_latent_arg
-from dclip_cli.apps.pipeline import GENERATING, INVERTING, RECONSTRUCTING, Run, RunReport
+from dclip_cli.apps.pipeline import Run, RunReport
 from dclip_cli.apps.resolve import resolve_edit_model
 from dclip_cli.apps.schedule import MixEntry, default_mix_schedule, format_mix_schedule, parse_mix_schedule
 from dclip_cli.apps.session import Session
 from dclip_cli.errors import ConfigError, InvalidScheduleError
-from dclip_cli.estimate import GPU_CHOICE
 from dclip_cli.progress import ProgressCallback, Reporter
 
 if TYPE_CHECKING:
@@ -148,19 +147,11 @@ def mix_images(
 
     # 4. batches
     n = run.n_batches
-    inv_b, rec_b = run.uncached(base, settings, need_rec) if lat is None else (0, n * need_rec)
     gen_calls = len(eps_models) * settings.n_gen_steps * n
-    run.plan(
-        {
-            INVERTING: (settings.n_inv_steps - 1) * n if lat is None else 0,
-            GENERATING: gen_calls,
-            RECONSTRUCTING: settings.n_gen_steps * n if need_rec else 0,
-        },
-        base.model,
-        calls=(settings.n_inv_steps - 1) * inv_b + gen_calls + settings.n_gen_steps * rec_b,
+    run.plan_generation(
+        base, settings, inverted=lat is not None, need_rec=need_rec, gen_calls=gen_calls,
         what=f"mixing {len(eps_models)} models on {len(inputs.images)} image(s)",
-        choices=["fewer steps (--inv-steps 10 --steps 10)", GPU_CHOICE],
-    )
+    )  # fmt: skip
     # texts for the CLIP metrics: the combined target of the --to edits
     src_text = targets[0].src if targets else (src or preset.source_text)
     trg_text = " and ".join(t.trg for t in targets) if targets else None

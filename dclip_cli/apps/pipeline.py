@@ -159,6 +159,36 @@ class Run:
                 model, self.first_batch(), infer_calls=n_calls, what=what, choices=choices
             )
 
+    def plan_generation(
+        self,
+        base: LoadedModel,
+        settings: SamplingSettings,
+        *,
+        inverted: bool,
+        need_rec: bool,
+        gen_calls: int,
+        what: str,
+    ) -> None:
+        """:meth:`plan` for a run that inverts its inputs (unless ``inverted``: a ``--latent`` was given),
+        reconstructs them when ``need_rec`` and makes ``gen_calls`` generation calls; the estimate leaves out the
+        inversions and reconstructions the latent cache already holds (``what`` gets "inverting and " before it
+        when some inversion is left)."""
+        from dclip_cli.estimate import GPU_CHOICE
+
+        n = self.n_batches
+        inv_b, rec_b = self.uncached(base, settings, need_rec) if not inverted else (0, n * need_rec)
+        self.plan(
+            {
+                INVERTING: (settings.n_inv_steps - 1) * n if not inverted else 0,
+                GENERATING: gen_calls,
+                RECONSTRUCTING: settings.n_gen_steps * n if need_rec else 0,
+            },
+            base.model,
+            calls=(settings.n_inv_steps - 1) * inv_b + gen_calls + settings.n_gen_steps * rec_b,
+            what=("inverting and " if inv_b else "") + what,
+            choices=["fewer steps (--inv-steps 10 --steps 10)", GPU_CHOICE],
+        )
+
     def uncached(self, base: LoadedModel, settings: SamplingSettings, need_rec: bool) -> tuple[int, int]:
         """``(batches to invert, batches to reconstruct)``: the batches of this run whose inversion (and, when
         ``need_rec``, reconstruction) is not in the latent cache already (read from the cache files' headers)."""
