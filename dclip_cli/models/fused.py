@@ -356,6 +356,10 @@ class FusedUNet(nn.Module):
         self._temb = _Linears([block.emb_layers[1] for block in blocks], self.dtype)
         lin = [unet.time_embed[0], unet.time_embed[2]]
         self._dense = [(d.weight.detach().to(self.dtype), d.bias.detach().to(self.dtype)) for d in lin]
+        if self.drop_sigma:  # the learned-variance channels would be dropped: do not compute them
+            out = unet.out[2]
+            half = out.out_channels // 2
+            self._plans[id(out)] = PackedConv(out, self.dtype, weight=out.weight[:half], bias=out.bias[:half])
 
     # -- running ---------------------------------------------------------------------------------------------------
 
@@ -368,8 +372,6 @@ class FusedUNet(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             h = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
             out = self._ddpm(unet, h, t) if self.arch == "ddpm" else self._adm(unet, h, t)
-        if self.drop_sigma:
-            out = out[:, : out.shape[1] // 2]
         return out
 
     def _mlp(self, emb: torch.Tensor) -> torch.Tensor:
