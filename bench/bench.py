@@ -358,11 +358,27 @@ def bench_forward(args: argparse.Namespace, arch: str, base: nn.Module, fast: Ca
             variants = {"optimized": fns["optimized"]}
             if "optimized_autocast" in fns and not args.quick:
                 variants["optimized_autocast"] = fns["optimized_autocast"]
+            if not args.quick:
+                variants["fp32_eager"] = fns["fp32_eager"]
             log(f"forward {arch} b{batch}: profile of {', '.join(variants)} (interleaved)")
-            for name, prof in forward_profile(variants).items():
-                emit({"record": "forward_profile", "arch": arch, "batch": batch, "variant": name,
-                      "path": rec["optimized_path"] if name == "optimized" else "autocast",
-                      "loadavg": loadavg(), **prof})  # fmt: skip
+            profiles = forward_profile(variants)
+            paths = {
+                "optimized": rec["optimized_path"],
+                "optimized_autocast": "autocast",
+                "fp32_eager": "fp32",
+            }
+            fp32 = profiles.get("fp32_eager")
+            for name, prof in profiles.items():
+                out = {"record": "forward_profile", "arch": arch, "batch": batch, "variant": name,
+                       "path": paths[name], "loadavg": loadavg(), **prof}  # fmt: skip
+                conv_ms = prof["ms"].get("conv")
+                if fp32 is not None and name != "fp32_eager" and conv_ms:
+                    # the measured ceiling: fp32 eager against this path's convolutions alone (every other
+                    # operation free), and the convolution kernels' own bf16/fp32 ratio
+                    out["speedup_in_profile"] = round(fp32["total_ms"] / prof["total_ms"], 3)
+                    out["ceiling_speedup_convs_only"] = round(fp32["total_ms"] / conv_ms, 3)
+                    out["conv_kernel_speedup"] = round(fp32["ms"].get("conv", 0.0) / conv_ms, 3)
+                emit(out)
     return {"arch": arch, "forward": results}
 
 
