@@ -382,7 +382,8 @@ class OptimizedEpsModel(nn.Module):
         state[1] = True
         from dclip_cli import speed_profile
 
-        speed_profile.store_seconds(self.speed_key(x), seconds)
+        with contextlib.suppress(Exception):  # a speed record must never break a call
+            speed_profile.store_seconds(self.speed_key(x), seconds)
 
     def _callable(self) -> Callable[..., torch.Tensor]:
         if not self.use_compile:
