@@ -166,13 +166,17 @@ def precision_name(dtype: torch.dtype | None) -> str:
 
 
 def describe_precision(dtype: torch.dtype | None, device: torch.device | str) -> str:
-    """A short phrase for logs, e.g. ``"bf16 autocast on cpu (AVX512-BF16/AMX)"`` or ``"fp32 on cuda"``."""
+    """A short phrase for logs, e.g. ``"bf16 on cpu, fused oneDNN kernels (native bf16)"`` or ``"fp32 on cuda"``."""
     dev = torch.device(device)
     if dtype is None:
         return f"fp32 on {dev.type}"
     extra = ""
     if dtype is torch.bfloat16 and dev.type == "cpu":
         extra = " (native bf16)" if cpu_has_native_bf16() else " (emulated bf16, slow)"
+        from dclip_cli.models.fused import cpu_fusion_supported
+
+        if cpu_fusion_supported(dtype):  # what optimize_model runs for DDPM/ADM inference
+            return f"bf16 on cpu, fused oneDNN kernels{extra}"
     return f"{precision_name(dtype)} autocast on {dev.type}{extra}"
 
 

@@ -180,3 +180,13 @@ def test_fusion_switch_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DCLIP_CPU_FUSION")
     assert optimize_model(make_tiny_model("ddpm"), precision="bf16").fuse
     assert not optimize_model(make_tiny_model("ddpm"), precision="bf16", training=True).fuse
+
+
+def test_describe_precision_names_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dclip_cli import precision
+
+    monkeypatch.setattr(fused, "cpu_fusion_supported", lambda dtype=torch.bfloat16: True)
+    assert "fused oneDNN kernels" in precision.describe_precision(torch.bfloat16, "cpu")
+    monkeypatch.setattr(fused, "cpu_fusion_supported", lambda dtype=torch.bfloat16: False)
+    assert precision.describe_precision(torch.bfloat16, "cpu").startswith("bf16 autocast on cpu")
+    assert precision.describe_precision(torch.float16, "cpu").startswith("fp16 autocast on cpu")
