@@ -222,7 +222,8 @@ class OptimizedEpsModel(nn.Module):
         fuse: with ``cache_weights``, in bfloat16 on a CPU whose oneDNN has bfloat16 kernels, make the twin the
             fused inference path of :mod:`dclip_cli.models.fused` (prepacked weights, residual adds as
             convolution post-ops, fewer passes over the activations): the results of autocast within bfloat16
-            rounding, 1.2-1.4x faster. Elsewhere (GPUs, fp16, other models, unsupported CPUs) it changes nothing.
+            rounding, 1.1-1.35x faster on an AMX CPU. Elsewhere (GPUs, fp16, other models, unsupported CPUs) it
+            changes nothing.
 
     Autocast follows the input's device type. Calls without gradient on a DiffusionModel record their duration in
     the per-machine speed profile (:mod:`dclip_cli.speed_profile`) that :func:`estimate_seconds` reads.
