@@ -7,13 +7,21 @@ JSON lines on stdout (progress goes to stderr). Real-size architectures (the Cel
     python bench/bench.py --quick                 # < ~3 min on a 2-core CPU
     python bench/bench.py                          # the full suite (40 + 40 edit steps on a GPU)
     python bench/bench.py --sections forward --batches 1,4,8 --compile
+    ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 python bench/bench.py --sections forward   # an AMX CPU without AMX
 
 Records (field ``record``):
 
-* ``env``: device, device name, torch version, threads, native bf16, the resolved ``--precision``, load average.
+* ``env``: device, device name, torch and oneDNN versions, threads, the CPU's features (AMX, AVX512-BF16, ...),
+  whether the fused CPU path applies, ``ONEDNN_MAX_CPU_ISA``, the resolved ``--precision``, load average.
 * ``forward``: per architecture and batch size, images/s of the fp32 eager baseline and of the optimized path
-  (autocast in the resolved precision + channels_last, + ``torch.compile`` with ``--compile``), their ratio,
-  FLOPs per image and achieved TFLOP/s; on a GPU the fraction of its peak bf16 FLOP/s.
+  (``optimize_model``: on CPUs with oneDNN bf16 kernels the fused path of ``dclip_cli.models.fused``, elsewhere
+  autocast in the resolved precision + channels_last; + ``torch.compile`` with ``--compile``), their ratio, FLOPs
+  per image and achieved TFLOP/s; on a GPU the fraction of its peak bf16 FLOP/s. Where the fused path applies, the
+  plain autocast path (the optimized path before issue 13) is timed in the same interleaved loop
+  (``optimized_autocast``), and each record gives the relative RMS error of eps against fp32 for both.
+* ``forward_profile``: where the time of one optimized forward goes (torch profiler, self CPU time per kind of
+  operation: convolutions, GroupNorm, SiLU, adds, cat, copies, attention, ...), for the optimized path and, where
+  the fused path applies, for the autocast path; first batch size only.
 * ``edit``: inversion (N-1 calls) + generation (N calls) seconds, baseline vs optimized, and the image difference
   (max abs and PSNR) between fp32 and the optimized precision, on the same latent and end to end.
 * ``finetune``: seconds per fine-tuning step (one image through all ``--ft-steps`` training timesteps, backward
@@ -72,6 +80,30 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("RTX 4090", 165.0),
     ("RTX 3090", 71.0),
 )
+
+
+def cpu_features() -> dict[str, bool]:
+    """The CPU features that decide the bf16 kernels: AMX, AVX512-BF16, AVX512, AVX2 (from /proc/cpuinfo)."""
+    from dclip_cli.speed_profile import cpu_signature
+
+    have = set(cpu_signature()["cpu_features"])
+    return {name: name in have for name in ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")}
+
+
+def onednn_version() -> str | None:
+    """oneDNN's version from torch's build configuration (``MKL-DNN v3.x``), or ``None``."""
+    import re
+
+    match = re.search(r"(?:MKL-DNN|oneDNN) v([0-9][0-9.]*)", torch.__config__.show())
+    return match.group(1) if match else None
+
+
+def fused_available(device: torch.device, dtype: torch.dtype | None) -> bool:
+    if device.type != "cpu" or dtype is None:
+        return False
+    from dclip_cli.models.fused import cpu_fusion_supported
+
+    return cpu_fusion_supported(dtype)
 
 
 def peak_bf16_tflops(name: str) -> float | None:
@@ -190,6 +222,65 @@ def image_diff(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     }
 
 
+def rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float32."""
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+#: kinds of operations in the forward profile, matched in order against the profiler's operator names
+PROFILE_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("conv", ("convolution",)),
+    ("group_norm", ("group_norm",)),
+    ("silu", ("silu", "sigmoid")),
+    ("linear", ("addmm", "aten::linear", "aten::mm")),
+    ("add", ("aten::add",)),
+    ("mul", ("aten::mul",)),
+    ("cat", ("aten::cat",)),
+    ("copy_cast", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
+    ("pad_fill", ("constant_pad", "aten::fill_", "aten::zero_")),
+    ("attention", ("scaled_dot_product", "aten::bmm", "softmax")),
+    ("resample", ("upsample", "avg_pool", "interpolate")),
+)
+
+
+def forward_profile(fns: dict[str, Callable[[], Any]], calls: int = 3) -> dict[str, dict[str, Any]]:
+    """Self CPU time per kind of operation (``PROFILE_KINDS``) of each ``fns[name]()``, in ms per call and percent.
+
+    The functions are profiled in turn, one call at a time (A, B, A, B, ...), so that a change in the machine's
+    load affects them alike. Self time counts each operator once (a convolution's own time, not its callers'); it
+    is the calling thread's time, close to the wall time of these parallel operators.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    per_kind: dict[str, dict[str, float]] = {name: {} for name in fns}
+    with torch.no_grad():
+        for fn in fns.values():
+            fn()
+        for _ in range(calls):
+            for name, fn in fns.items():
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    fn()
+                for event in prof.key_averages():
+                    if event.self_cpu_time_total <= 0:
+                        continue
+                    kind = next(
+                        (k for k, keys in PROFILE_KINDS if any(key in event.key for key in keys)), "other"
+                    )
+                    per_kind[name][kind] = (
+                        per_kind[name].get(kind, 0.0) + event.self_cpu_time_total / calls / 1e3
+                    )
+    out = {}
+    for name, kinds in per_kind.items():
+        total = sum(kinds.values())
+        ordered = sorted(kinds.items(), key=lambda kv: -kv[1])
+        out[name] = {
+            "total_ms": round(total, 1),
+            "ms": {k: round(v, 1) for k, v in ordered},
+            "percent": {k: round(100 * v / total, 1) for k, v in ordered},
+        }
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ sections
 
 
@@ -208,6 +299,9 @@ def bench_forward(args: argparse.Namespace, arch: str, base: nn.Module, fast: Ca
             "fp32_eager": partial(base, x, t),
             "optimized": partial(fast, x, t),
         }
+        autocast_path = env.get("autocast_model")
+        if autocast_path is not None:
+            fns["optimized_autocast"] = partial(autocast_path, x, t)
         if compiled is not None:
             log(f"forward {arch} b{batch}: compiling (first call)")
             with torch.no_grad():
@@ -235,7 +329,20 @@ def bench_forward(args: argparse.Namespace, arch: str, base: nn.Module, fast: Ca
                 "images_per_s": round(batch / best, 3),
                 "tflops": round(flops * batch / best / 1e12, 3),
             }
+        rec["optimized_path"] = getattr(fast, "execution_path", None)
         rec["speedup"] = round(min(walls["fp32_eager"]) / min(walls["optimized"]), 3)
+        if "optimized_autocast" in walls:
+            rec["speedup_autocast"] = round(min(walls["fp32_eager"]) / min(walls["optimized_autocast"]), 3)
+            rec["fused_vs_autocast"] = round(min(walls["optimized_autocast"]) / min(walls["optimized"]), 3)
+            # medians too: on a shared machine the fastest call of each can be an outlier
+            med = {k: statistics.median(v) for k, v in walls.items()}
+            rec["speedup_median"] = round(med["fp32_eager"] / med["optimized"], 3)
+            rec["speedup_autocast_median"] = round(med["fp32_eager"] / med["optimized_autocast"], 3)
+        with torch.no_grad():
+            ref = base(x, t)
+            rec["rel_rms_error_vs_fp32"] = round(rel_rms(fast(x, t), ref), 5)
+            if autocast_path is not None:
+                rec["rel_rms_error_vs_fp32_autocast"] = round(rel_rms(autocast_path(x, t), ref), 5)
         if compiled is not None:
             rec["speedup_compiled"] = round(min(walls["fp32_eager"]) / min(walls["optimized_compiled"]), 3)
             rec["compile_s"] = compile_s
@@ -247,6 +354,31 @@ def bench_forward(args: argparse.Namespace, arch: str, base: nn.Module, fast: Ca
             rec["fraction_variant"] = best_name
         emit(rec)
         results.append(rec)
+        if args.profile and batch == args.batches[0] and device.type == "cpu":
+            variants = {"optimized": fns["optimized"]}
+            if "optimized_autocast" in fns and not args.quick:
+                variants["optimized_autocast"] = fns["optimized_autocast"]
+            if not args.quick:
+                variants["fp32_eager"] = fns["fp32_eager"]
+            log(f"forward {arch} b{batch}: profile of {', '.join(variants)} (interleaved)")
+            profiles = forward_profile(variants)
+            paths = {
+                "optimized": rec["optimized_path"],
+                "optimized_autocast": "autocast",
+                "fp32_eager": "fp32",
+            }
+            fp32 = profiles.get("fp32_eager")
+            for name, prof in profiles.items():
+                out = {"record": "forward_profile", "arch": arch, "batch": batch, "variant": name,
+                       "path": paths[name], "loadavg": loadavg(), **prof}  # fmt: skip
+                conv_ms = prof["ms"].get("conv")
+                if fp32 is not None and name != "fp32_eager" and conv_ms:
+                    # the measured ceiling: fp32 eager against this path's convolutions alone (every other
+                    # operation free), and the convolution kernels' own bf16/fp32 ratio
+                    out["speedup_in_profile"] = round(fp32["total_ms"] / prof["total_ms"], 3)
+                    out["ceiling_speedup_convs_only"] = round(fp32["total_ms"] / conv_ms, 3)
+                    out["conv_kernel_speedup"] = round(fp32["ms"].get("conv", 0.0) / conv_ms, 3)
+                emit(out)
     return {"arch": arch, "forward": results}
 
 
@@ -512,6 +644,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", help="optimized path precision: auto|fp32|bf16|fp16")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on CPUs)")
     p.add_argument("--no-channels-last", action="store_true", help="optimized path without channels_last")
+    p.add_argument(
+        "--no-profile", dest="profile", action="store_false", help="skip the per-operation forward profile"
+    )
+    p.add_argument(
+        "--no-autocast-variant",
+        dest="autocast_variant",
+        action="store_false",
+        help="do not time the plain autocast path next to the fused one",
+    )
     p.add_argument("--sections", default="forward,edit,finetune")
     p.add_argument("--archs", default=None, help="ddpm,adm (quick: both for forward, ddpm for edit)")
     p.add_argument("--edit-archs", default=None)
@@ -589,6 +730,10 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "cpu": P.cpu_name(),
         "cpu_native_bf16": P.cpu_has_native_bf16(),
+        "cpu_features": cpu_features(),
+        "onednn": onednn_version(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
+        "cpu_fused_path": fused_available(device, dtype),
         "precision_requested": args.precision,
         "precision": P.precision_name(dtype),
         "channels_last": not args.no_channels_last,
@@ -618,8 +763,14 @@ def main(argv: list[str] | None = None) -> int:
         base = make_model(arch, device, getattr(args, f"checkpoint_{arch}"))
         fast_model = copy.deepcopy(base)
         fast = P.optimize_model(fast_model, precision=dtype, channels_last=not args.no_channels_last)
+        autocast_model = None
+        if do_forward and args.autocast_variant and env["cpu_fused_path"] and not args.no_channels_last:
+            # the optimized path before issue 13: autocast + channels_last + cached bf16 weights, no fusion
+            autocast_model = P.optimize_model(copy.deepcopy(base), precision=dtype, fuse=False)
         if do_forward:
-            forward_recs += bench_forward(args, arch, base, fast, env)["forward"]
+            fenv = {**env, "autocast_model": autocast_model}
+            forward_recs += bench_forward(args, arch, base, fast, fenv)["forward"]
+        del autocast_model
         if do_edit:
             edit_recs.append(bench_edit(args, arch, base, fast, env))
         del base, fast, fast_model
@@ -634,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {"record": "summary", "device_name": name, "precision": env["precision"]}
     for r in forward_recs:
         summary[f"forward_speedup_{r['arch']}_b{r['batch']}"] = r["speedup"]
+        if "speedup_autocast" in r:
+            summary[f"forward_speedup_autocast_{r['arch']}_b{r['batch']}"] = r["speedup_autocast"]
+            summary[f"forward_fused_vs_autocast_{r['arch']}_b{r['batch']}"] = r["fused_vs_autocast"]
         if "fraction_of_peak_bf16" in r and r["batch"] == max(args.batches):
             summary[f"fraction_of_peak_bf16_{r['arch']}_b{r['batch']}"] = r["fraction_of_peak_bf16"]
     if forward_recs:

@@ -277,7 +277,8 @@ class Check:
         size = int(model.image_size)
         x = images(size, self.batch, self.device)
         t = torch.full((self.batch,), 500, device=self.device)
-        eager = P.optimize_model(model, precision=self.bf16, device=self.device)
+        # the same autocast path with and without compilation (the fused CPU path does not compile)
+        eager = P.optimize_model(model, precision=self.bf16, device=self.device, fuse=False)
         compiled = P.optimize_model(
             copy.deepcopy(model), precision=self.bf16, device=self.device, compile=True
         )
