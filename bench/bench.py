@@ -26,7 +26,7 @@ Records (field ``record``):
   (max abs and PSNR) between fp32 and the optimized precision, on the same latent and end to end.
 * ``finetune``: seconds per fine-tuning step (one image through all ``--ft-steps`` training timesteps, backward
   and optimizer step(s) included) and peak memory (CUDA max allocated, or peak RSS of a fresh process on CPU)
-  for original vs efficient vs original with gradient checkpointing, through ``dclip_cli.finetune.finetune``.
+  for original vs efficient vs original with gradient checkpointing, through ``dclip_cli.training.finetune``.
 * ``summary``: the headline ratios.
 """
 
@@ -558,7 +558,7 @@ def finetune_child(params: dict[str, Any]) -> dict[str, Any]:
         else None,
         "start_bytes": start_bytes,
         "clip_loss": clip_desc,
-        "loop": "dclip_cli.finetune.finetune",
+        "loop": "dclip_cli.training.finetune",
         "cpu_allocator": params.get("cpu_allocator", "default"),
         "weights": "checkpoint" if params.get("checkpoint") else "random",
     }
