@@ -134,12 +134,12 @@ def loadavg() -> list[float] | None:
 def arch_config(arch: str) -> dict[str, Any]:
     """The presets' real-size configurations (face: CelebA-HQ DDPM 256; dog: AFHQ ADM 256)."""
     if arch == "ddpm":
-        from dclip_face import DDPM_256
+        from dclip_cli.models.configs import DDPM_256_CONFIG
 
-        return dict(DDPM_256)
-    from dclip_dog import ADM_AFHQ_256
+        return dict(DDPM_256_CONFIG)
+    from dclip_cli.models.configs import ADM_AFHQ_CONFIG
 
-    return dict(ADM_AFHQ_256)
+    return dict(ADM_AFHQ_CONFIG)
 
 
 def make_model(arch: str, device: torch.device, checkpoint: str | None = None, seed: int = 0) -> nn.Module:

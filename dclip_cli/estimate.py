@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,28 +67,11 @@ class LongRuns:
 
 
 def time_warm_call(model: Callable[..., Any], x: Any) -> float:
-    """Seconds of one ``model(x, t)`` call without gradient: from the machine's speed profile when an earlier run
-    recorded it for this model, precision and batch shape (no UNet call), else timed after one untimed warm-up call
-    (and recorded for the next command)."""
-    import torch
+    """Seconds of one warm ``model(x, t)`` call without gradient (:func:`dclip_cli.precision.warm_call_seconds`:
+    from the machine's speed profile, else measured once per machine, model and shape)."""
+    from dclip_cli.precision import warm_call_seconds
 
-    from dclip_cli.precision import record_seconds, recorded_seconds, synchronize
-
-    known = recorded_seconds(model, x)
-    if known is not None:
-        return known
-
-    device = x.device
-    t = torch.full((x.shape[0],), 500.0, dtype=torch.float32, device=device)
-    with torch.no_grad():
-        model(x, t)
-        synchronize(device)
-        start = time.perf_counter()
-        model(x, t)
-        synchronize(device)
-    seconds = time.perf_counter() - start
-    record_seconds(model, x, seconds)
-    return seconds
+    return warm_call_seconds(model, x)
 
 
 def plain_duration(seconds: float) -> str:

@@ -326,12 +326,12 @@ class OptimizedEpsModel(nn.Module):
             return "fused"
         return "plain" if self.autocast_dtype is None else "autocast"
 
-    # the result of a timing call, served once more (estimate_seconds) --------------------------------------------
+    # the result of a timing call, served once more (warm_call_seconds) ------------------------------------------
     def keep_next_result(self) -> None:
         """Keep the result of the next call without gradient and serve it again if the call after it is identical.
 
-        :func:`estimate_seconds` times one call on the first batch at t = 0, which is exactly the first call of a
-        DDIM inversion of that batch: with this, the timing call is not wasted.
+        :func:`warm_call_seconds` times a call on the first batch at t = 0, which is exactly the first call of a
+        DDIM inversion of that batch: with this, the timed call is not wasted.
         """
         self.__dict__["_keep_next"] = True
 
@@ -609,14 +609,37 @@ def record_seconds(model: Any, x: torch.Tensor, seconds: float) -> None:
         speed_profile.store_seconds(_speed_key(model, x), seconds)
 
 
-def _store_plain_timing(model: Any, x: torch.Tensor, seconds: float) -> None:
-    # plain float32 models do not time their own calls: keep this (cold, so pessimistic) measurement
-    if isinstance(model, OptimizedEpsModel):
-        return
-    from dclip_cli import speed_profile
+def warm_call_seconds(model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
+    """Seconds of one warm ``model(x, t)`` call without gradient, for estimates.
 
-    with contextlib.suppress(Exception):
-        speed_profile.store_seconds(_speed_key(model, x), seconds)
+    From the machine's speed profile (:mod:`dclip_cli.speed_profile`) when an earlier command recorded it for this
+    model, precision and input shape: then no UNet call is made. Otherwise one untimed warm-up call (the first
+    call of a shape builds kernels and reorders weights, and would make the estimate up to 2x too long) and one
+    timed call, both on ``x`` at t = 0, and the result is recorded for the next command. On an
+    :class:`OptimizedEpsModel` the timed call's result is kept and served to the next call if that is the same
+    call, which is the first step of a DDIM inversion of ``x``: the timing then costs one UNet call, once per
+    machine, model and shape.
+
+    Args:
+        model: eps-callable (time the model you will run: optimized or not).
+        x: (B, C, H, W) one batch as it will be fed.
+    """
+    known = recorded_seconds(model, x)
+    if known is not None:
+        return known
+    device = _model_device(model, x)
+    t = torch.zeros((x.shape[0],), dtype=torch.float32, device=x.device)
+    with torch.no_grad():
+        model(x, t)
+        synchronize(device)
+        if isinstance(model, OptimizedEpsModel):
+            model.keep_next_result()
+        start = time.perf_counter()
+        model(x, t)
+        synchronize(device)
+    seconds = time.perf_counter() - start
+    record_seconds(model, x, seconds)
+    return seconds
 
 
 #: a training call (forward, backward, its share of the optimizer step) costs about this many forwards (3.3-3.7
@@ -639,10 +662,9 @@ def estimate_seconds(
     backward, each worth :data:`BACKWARD_FACTOR` forwards (one more with gradient checkpointing). Optimizer steps,
     losses and I/O are not counted.
 
-    The time per call comes from the machine's speed profile (:mod:`dclip_cli.speed_profile`) when an earlier
-    command recorded it for this model, precision and input shape: then no UNet call is made. Otherwise one call
-    on ``x`` at t = 0 is timed; for an :class:`OptimizedEpsModel` its result is kept and served to the next call
-    if that is the same call (the first step of inverting ``x``), so the measurement costs no extra call.
+    The time per call is :func:`warm_call_seconds`: from the machine's speed profile when an earlier command
+    recorded it (no UNet call), else measured on ``x``, at the cost of one extra call on an
+    :class:`OptimizedEpsModel` (two on another model).
 
     Args:
         model: eps-callable (time the model you will run: optimized or not).
@@ -655,14 +677,7 @@ def estimate_seconds(
     Returns:
         Estimated seconds.
     """
-    per_call = seconds_per_call
-    if per_call is None:
-        per_call = recorded_seconds(model, x)
-    if per_call is None:
-        if isinstance(model, OptimizedEpsModel):
-            model.keep_next_result()  # the first inversion call of this batch will not be repeated
-        per_call = time_forward(model, x, t=0)
-        _store_plain_timing(model, x, per_call)
+    per_call = warm_call_seconds(model, x) if seconds_per_call is None else seconds_per_call
     factor = BACKWARD_FACTOR + (1.0 if checkpointing else 0.0)
     return per_call * (max(0, n_calls) + factor * max(0, train_calls))
 
@@ -710,6 +725,7 @@ __all__ = [
     "should_print_estimate",
     "synchronize",
     "time_forward",
+    "warm_call_seconds",
     "track_peak_memory",
     "tune_cpu_allocator",
     "unwrap_model",

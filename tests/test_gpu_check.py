@@ -86,3 +86,15 @@ def test_a_crashing_check_fails_the_run_and_the_others_still_run(
 @pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU")
 def test_without_a_gpu_it_says_how_to_try_it() -> None:
     assert _gpu_check().main([]) == 2
+
+
+def test_bench_measures_the_presets_real_architectures() -> None:
+    """``bench/bench.py`` is a script no other test runs end to end (its real-size runs take minutes): its model
+    configurations must still be the ones the face and dog presets load, whatever moved in the package."""
+    from dclip_cli.presets import manager
+
+    bench = _gpu_check().bench
+    checkpoints = manager.load_registry().checkpoints
+    assert bench.arch_config("ddpm") == dict(checkpoints["celeba_hq"].arch_config)
+    assert bench.arch_config("adm") == dict(checkpoints["afhq_dog"].arch_config)
+    assert bench.arch_config("ddpm")["ch"] == 128 and bench.arch_config("adm")["num_channels"] == 128
