@@ -208,9 +208,18 @@ GPU_CHOICE = "a GPU (--device cuda)"
 
 
 def finetune_calls(
-    configs: Sequence[Any], *, n_images: int, n_draw: int, n_invert: int, n_preview: int = 0
+    configs: Sequence[Any],
+    *,
+    n_images: int,
+    n_draw: int,
+    n_invert: int,
+    n_preview: int = 0,
+    world_size: int = 1,
 ) -> tuple[int, int]:
-    """``(inference calls, training calls)`` of a fine-tuning job.
+    """``(inference calls, training calls)`` of a fine-tuning job, for one process of ``world_size``.
+
+    Under torchrun the ranks share the sampling, the inversions and the training images (each rank at most its
+    rounded-up share); the previews are made by rank 0 alone.
 
     Args:
         configs: the :class:`~dclip_cli.training.config.FinetuneConfig` of each edit.
@@ -218,11 +227,16 @@ def finetune_calls(
         n_draw: samples still to draw (those not in the cache).
         n_invert: images still to invert (training and preview images not in the latent cache).
         n_preview: preview images generated after each epoch.
+        world_size: processes in the job (1 without torchrun).
     """
+
+    def share(n: int) -> int:
+        return -(-n // max(1, world_size))
+
     cfg = configs[0]
-    inference = n_draw * cfg.n_gen_steps + n_invert * (2 * cfg.n_inv_steps - 1)
+    inference = share(n_draw) * cfg.n_gen_steps + share(n_invert) * (2 * cfg.n_inv_steps - 1)
     inference += sum(c.epochs * n_preview * c.n_gen_steps for c in configs)
-    training = sum(c.epochs * n_images * c.n_train_steps for c in configs)
+    training = sum(c.epochs * share(n_images) * c.n_train_steps for c in configs)
     return inference, training
 
 
@@ -255,9 +269,12 @@ def check_finetune_time(
     if reporter.callback is None and long_runs is None:
         return
     cfg = configs[0]
+    from dclip_cli.distributed import current
+
     infer, train = finetune_calls(
-        configs, n_images=n_images, n_draw=n_draw, n_invert=n_invert, n_preview=n_preview
-    )
+        configs, n_images=n_images, n_draw=n_draw, n_invert=n_invert, n_preview=n_preview,
+        world_size=current().world_size,
+    )  # fmt: skip
     epochs = sum(c.epochs for c in configs)
     parts = [f"drawing {n_draw} sample(s)"] if n_draw else []
     parts += [f"inverting {n_invert} image(s)"] if n_invert else []

@@ -164,6 +164,19 @@ def test_the_estimate_times_a_warm_call() -> None:
     )
 
 
+def test_a_finetune_estimate_counts_this_process_s_share_under_torchrun() -> None:
+    """Under torchrun each rank draws, inverts and trains on its share of the images (rank 0 alone makes the
+    previews), so rank 0's estimate counts its share, not the whole job's calls."""
+    from dclip_cli.estimate import finetune_calls
+    from dclip_cli.training import FinetuneConfig
+
+    cfg = FinetuneConfig(n_inv_steps=5, n_train_steps=3, n_gen_steps=4, epochs=2)
+    one = finetune_calls([cfg], n_images=9, n_draw=6, n_invert=9, n_preview=1)
+    assert one == (6 * 4 + 9 * (2 * 5 - 1) + 2 * 1 * 4, 2 * 9 * 3)
+    four = finetune_calls([cfg], n_images=9, n_draw=6, n_invert=9, n_preview=1, world_size=4)
+    assert four == (2 * 4 + 3 * (2 * 5 - 1) + 2 * 1 * 4, 2 * 3 * 3)  # shares of 6 and 9 on 4 ranks: 2 and 3
+
+
 @pytest.mark.parametrize(
     ("seconds", "words"),
     [

@@ -255,7 +255,8 @@ def finetune_now(
         cache_sha = session.latent_key(str(base.sha256))
         n_draw = samples_to_draw(n_samples, model_sha256=cache_sha, seed=config.seed, n_steps=config.n_gen_steps,
                                  batch_size=max(config.batch_size, 4)) if n_samples else 0  # fmt: skip
-        infer, train = finetune_calls([config], n_images=n_images, n_draw=n_draw, n_invert=n_images)
+        infer, train = finetune_calls([config], n_images=n_images, n_draw=n_draw, n_invert=n_images,
+                                      world_size=current().world_size)  # fmt: skip
         named = [k for k, e in preset.edits.items() if e.checkpoint][:3]
         choices = ([f"a named edit with an official model ({', '.join(named)})"] if named else []) + [
             "a quicker fine-tune (--finetune-samples 0 --inv-steps 10 --steps 10)",
