@@ -17,8 +17,7 @@ Typical use by a pipeline (``--precision``, ``--compile`` and ``--checkpointing`
     eps_model = optimize_model(model, precision=dtype, compile=False)
     x_lat = ddim.invert(eps_model, x0, t0=500, n_steps=40)  # fp32 in, fp32 out
 
-    seconds = estimate_seconds(eps_model, x0, n_calls=79)  # before a long CPU run
-    if should_print_estimate(device, seconds): ...          # "estimated time: 3 min 10 s"
+    seconds = estimate_seconds(eps_model, x0, n_calls=79)  # before a long CPU run (dclip_cli.estimate words it)
 
 The library never prints: the CLI decides what to show.
 """
@@ -682,23 +681,6 @@ def estimate_seconds(
     return per_call * (max(0, n_calls) + factor * max(0, train_calls))
 
 
-def should_print_estimate(device: torch.device | str, seconds: float) -> bool:
-    """Whether an estimate is worth showing: CPU (or MPS) runs longer than :data:`ESTIMATE_MIN_SECONDS`."""
-    return torch.device(device).type != "cuda" and seconds >= ESTIMATE_MIN_SECONDS
-
-
-def format_seconds(seconds: float) -> str:
-    """Human duration: ``"45 s"``, ``"3 min 10 s"``, ``"1 h 05 min"``."""
-    if not math.isfinite(seconds) or seconds < 0:
-        return "unknown"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
-
-
 __all__ = [
     "BACKWARD_FACTOR",
     "CHECKPOINTING_CHOICES",
@@ -711,7 +693,6 @@ __all__ = [
     "device_name",
     "device_supports_bf16",
     "estimate_seconds",
-    "format_seconds",
     "cpu_name",
     "current_rss_bytes",
     "optimize_model",
@@ -722,7 +703,6 @@ __all__ = [
     "resolve_checkpointing",
     "resolve_precision",
     "set_gradient_checkpointing",
-    "should_print_estimate",
     "synchronize",
     "time_forward",
     "warm_call_seconds",

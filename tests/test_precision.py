@@ -20,7 +20,6 @@ from dclip_cli.errors import ConfigError
 from dclip_cli.precision import (
     OptimizedEpsModel,
     estimate_seconds,
-    format_seconds,
     optimize_model,
     resolve_checkpointing,
     resolve_precision,
@@ -272,16 +271,6 @@ def test_estimate_seconds_arithmetic_and_measurement() -> None:
     assert 0 < measured < 30
     one = precision.time_forward(model, x, repeats=2, warmup=1)
     assert 0 < one < 10
-
-
-def test_format_seconds_and_when_to_print() -> None:
-    assert format_seconds(4.4) == "4 s"
-    assert format_seconds(190) == "3 min 10 s"
-    assert format_seconds(3725) == "1 h 02 min"
-    assert format_seconds(float("nan")) == "unknown"
-    assert precision.should_print_estimate("cpu", 120.0)
-    assert not precision.should_print_estimate("cpu", 3.0)
-    assert not precision.should_print_estimate("cuda", 1000.0)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
