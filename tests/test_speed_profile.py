@@ -167,11 +167,13 @@ def test_plain_models_record_their_estimate() -> None:
     assert counter.calls == 4
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_dclip_invert_makes_one_extra_unet_call_on_a_new_machine_and_none_after(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path, monkeypatch, precision: str
 ) -> None:
     """The estimate of a real ``dclip invert`` (issue 13: "no wasted UNet calls"): on an empty cache a warm-up call,
-    whose twin is the first inversion step; once the speed profile holds the time, no call but the run's."""
+    whose twin is the first inversion step; once the speed profile holds the time, no call but the run's. In
+    float32 too, where the model runs bit for bit as itself inside the wrapper."""
     from typer.testing import CliRunner
 
     from dclip_cli.cli.app import app
@@ -195,7 +197,7 @@ def test_dclip_invert_makes_one_extra_unet_call_on_a_new_machine_and_none_after(
     image = tmp_path / "photo.png"
     Image.fromarray(np.full((40, 40, 3), 120, dtype=np.uint8)).save(image)
     args = ["invert", str(image), "--checkpoint", str(ckpt), "--t0", "100", "--inv-steps", "4"]
-    args += ["--precision", "bf16", "--overwrite"]
+    args += ["--precision", precision, "--overwrite"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     # 3 inversion + 4 generation calls, plus the warm-up at t = 0 (the timed call serves the first inversion step)

@@ -65,22 +65,24 @@ class Session:
     # -- speed ---------------------------------------------------------------------------------------------------
 
     def fast(self, model: Any) -> Any:
-        """The eps-model to run for inference: ``model`` itself in float32 (the original's numerics), else a
-        wrapper running it in the session's precision (autocast, channels_last, optionally compiled).
+        """The eps-model to run for inference: a wrapper running ``model`` in the session's precision (autocast,
+        channels_last, optionally compiled). In float32 the wrapper calls ``model`` itself, bit for bit (the
+        original's numerics); it is there for the time estimate, whose timed call then serves the first inversion
+        step, and for the machine's speed profile.
 
         Wrappers are kept for the base models and the few most recently used edit models, so that a session reused
         for many edits does not keep every edit model (and its low-precision weight copy) alive.
         """
-        if self.precision is None and not self.compile:
-            return model
         hit = self._fast.pop(id(model), None)
         if hit is None or hit[0] is not model:
             from dclip_cli.precision import optimize_model
 
+            plain = self.precision is None and not self.compile
             hit = (
                 model,
-                optimize_model(model, precision=self.precision, device=self.device, compile=self.compile),
-            )
+                optimize_model(model, precision=self.precision, device=self.device, compile=self.compile,
+                               channels_last=not plain),
+            )  # fmt: skip
         self._fast[id(model)] = hit  # most recently used last
         bases = {id(b.model) for b in self._bases.values()}
         others = [key for key in self._fast if key not in bases]
