@@ -362,7 +362,7 @@ def test_find_library_match(tmp_path: Path) -> None:
 
 def test_session_keeps_few_fast_wrappers() -> None:
     """A reused session does not keep every edit model (and its bf16 weight copy) alive."""
-    from tests.support.tiny import make_tiny_model
+    from tests.support.tiny import TINY_SIZE, make_tiny_model
 
     session = Session(device="cpu", precision="bf16")
     models = [make_tiny_model("ddpm", seed=s) for s in range(6)]
@@ -372,4 +372,10 @@ def test_session_keeps_few_fast_wrappers() -> None:
         session.fast(m)
     assert len(session._fast) == Session.KEEP_EDIT_MODELS
     assert id(models[0]) not in session._fast and id(models[-1]) in session._fast
-    assert Session(device="cpu", precision="fp32").fast(models[0]) is models[0]  # fp32: the model itself
+    # fp32: a wrapper (for the estimate's kept call) around the model itself, computing bit for bit as the model
+    fp32 = Session(device="cpu", precision="fp32").fast(models[0])
+    assert fp32.inner is models[0] and fp32.autocast_dtype is None and not fp32.channels_last
+    x = torch.randn(2, 3, TINY_SIZE, TINY_SIZE, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10.0, 900.0])
+    with torch.no_grad():
+        assert torch.equal(fp32(x, t), models[0](x, t))
