@@ -264,13 +264,12 @@ def check_finetune_time(
     """
     import torch
 
+    from dclip_cli.distributed import current
     from dclip_cli.precision import resolve_checkpointing, resolve_precision
 
     if reporter.callback is None and long_runs is None:
         return
     cfg = configs[0]
-    from dclip_cli.distributed import current
-
     infer, train = finetune_calls(
         configs, n_images=n_images, n_draw=n_draw, n_invert=n_invert, n_preview=n_preview,
         world_size=current().world_size,
