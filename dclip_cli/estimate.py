@@ -66,14 +66,6 @@ class LongRuns:
     ask: Callable[[str], bool] | None = None
 
 
-def time_warm_call(model: Callable[..., Any], x: Any) -> float:
-    """Seconds of one warm ``model(x, t)`` call without gradient (:func:`dclip_cli.precision.warm_call_seconds`:
-    from the machine's speed profile, else measured once per machine, model and shape)."""
-    from dclip_cli.precision import warm_call_seconds
-
-    return warm_call_seconds(model, x)
-
-
 def plain_duration(seconds: float) -> str:
     """``about 45 s``, ``about 4 min``, ``about 1 h 10 min`` (rounded the way people say it)."""
     if not math.isfinite(seconds) or seconds < 0:
@@ -141,11 +133,11 @@ def estimate_run(
     """
     import torch
 
-    from dclip_cli.precision import BACKWARD_FACTOR
+    from dclip_cli.precision import BACKWARD_FACTOR, warm_call_seconds
 
     if torch.device(device).type == "cuda" or infer_calls + train_calls <= 0:
         return None
-    per_call = time_warm_call(model, x) if seconds_per_call is None else float(seconds_per_call)
+    per_call = warm_call_seconds(model, x) if seconds_per_call is None else float(seconds_per_call)
     factor = BACKWARD_FACTOR + (1.0 if checkpointing else 0.0)
     seconds = per_call * (max(0, infer_calls) + factor * max(0, train_calls))
     return Estimate(seconds, device, dtype, what, per_call)

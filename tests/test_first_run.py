@@ -144,7 +144,8 @@ def test_the_threshold_setting_is_checked(world, monkeypatch: pytest.MonkeyPatch
 
 def test_the_estimate_times_a_warm_call() -> None:
     """Issue 12: timing the first call (allocations, kernel selection) made estimates up to 2x too long."""
-    from dclip_cli.estimate import estimate_run, time_warm_call
+    from dclip_cli.estimate import estimate_run
+    from dclip_cli.precision import warm_call_seconds
 
     calls: list[float] = []
 
@@ -154,7 +155,7 @@ def test_the_estimate_times_a_warm_call() -> None:
         return x
 
     x = torch.zeros(1, 3, 8, 8)
-    assert time_warm_call(model, x) < 0.2 and len(calls) == 2
+    assert warm_call_seconds(model, x) < 0.2 and len(calls) == 2
     calls.clear()
     estimate = estimate_run(model, x, infer_calls=100, device="cpu", what="inverting 1 image")
     assert estimate is not None and estimate.seconds < 10  # 100 x 0.01 s, not 100 x 0.3 s
